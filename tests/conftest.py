@@ -1,0 +1,41 @@
+"""Test configuration: strict rank promotion (as diffrax does), fixed seeds, paths to ../shared."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("SCORE_JAX_SHARED", ROOT.parent / "shared"))
+CORE_FIXTURES = SHARED / "fixtures" / "score_sde_pytorch" / "core"
+
+
+def pytest_collection_modifyitems(config, items):
+  if os.environ.get("SCORE_JAX_SLOW") == "1":
+    return
+  skip_slow = pytest.mark.skip(reason="slow test: set SCORE_JAX_SLOW=1 to run it")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)
+
+
+@pytest.fixture
+def key():
+  return jax.random.PRNGKey(0)
+
+
+def load_core_fixture(name: str):
+  """The original PyTorch core fixture ``name`` (vesde/vpsde/subvpsde), or skip with the reason."""
+  path = CORE_FIXTURES / f"{name}.npz"
+  if not path.exists():
+    pytest.skip(f"reference fixture {path} not found (../shared is absent); set SCORE_JAX_SHARED to its path")
+  return dict(np.load(path))
