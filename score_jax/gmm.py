@@ -72,9 +72,9 @@ class GaussianMixture:
   def _log_prob_one(self, x: Array, a: Array, s: Array) -> Array:
     """log p_t(x) of one example ``x [D]`` given the kernel's mean factor ``a`` and std ``s``."""
     means = a * jnp.asarray(self.means, x.dtype)
-    covs = a**2 * jnp.asarray(self.covs, x.dtype) + s**2 * jnp.eye(self.dim, dtype=x.dtype)
+    covs = a**2 * jnp.asarray(self.covs, x.dtype) + s**2 * jnp.eye(self.dim, dtype=x.dtype)[None]  # [K, D, D]
     chol = jnp.linalg.cholesky(covs)  # [K, D, D]
-    diff = x - means  # [K, D]
+    diff = x[None] - means  # [K, D]
     sol = jax.vmap(lambda L, d: jax.scipy.linalg.solve_triangular(L, d, lower=True))(chol, diff)
     log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), axis=1)
     log_comp = -0.5 * (jnp.sum(sol**2, axis=1) + log_det + self.dim * jnp.log(2 * jnp.pi))

@@ -1,0 +1,50 @@
+"""Launcher: ``python -m score_jax.main --config CONFIG --workdir DIR [--mode train|eval|sample]``.
+
+Config fields are overridden on the command line as ``--config.training.n_iters=1000``. This file is kept
+short on purpose: the work happens in modules that tests call directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file, e.g. configs/toy/gmm2d.py.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, figures and metrics.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
+                  "train: train (then evaluate, for the 2-D default); eval: evaluate the latest checkpoint; "
+                  "sample: write samples of the latest checkpoint.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+TOY_DATASETS = ("gmm2d",)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}; config fields are set as --config.section.field=value.")
+  logging.getLogger().setLevel(logging.INFO)
+  config = FLAGS.config
+  dataset = config.data.dataset
+  if dataset not in TOY_DATASETS:
+    raise app.UsageError(f"data.dataset={dataset!r} is not supported yet; supported: {list(TOY_DATASETS)} "
+                         "(image datasets arrive with the training issue).")
+  from score_jax import toy
+
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  result = toy.run(config, FLAGS.workdir, FLAGS.mode, progress=FLAGS.progress)
+  print(json.dumps(result, indent=2))
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

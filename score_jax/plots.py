@@ -1,0 +1,67 @@
+"""Figures for the 2-D default (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["samples_figure", "score_field_figure", "loss_figure"]
+
+LIMITS = (-5.0, 5.0)
+
+
+def samples_figure(true: np.ndarray, samples: dict[str, np.ndarray]):
+  """Scatter plots of the true samples and of each sampler's samples, on the same axes."""
+  panels = [("data (exact mixture)", true)] + [(f"{name.upper()} samples", s) for name, s in samples.items()]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharex=True, sharey=True)
+  for ax, (title, pts) in zip(np.atleast_1d(axes), panels):
+    ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.5, color="tab:blue" if title.startswith("data") else "tab:red")
+    ax.set_title(title)
+    ax.set_xlim(*LIMITS)
+    ax.set_ylim(*LIMITS)
+    ax.set_aspect("equal")
+  fig.tight_layout()
+  return fig
+
+
+def score_field_figure(score_fn, exact_score_fn, t: float, title: str, n: int = 21):
+  """Quiver plots of the learned and exact scores at time ``t`` and a map of their relative error."""
+  g = np.linspace(*LIMITS, n)
+  xx, yy = np.meshgrid(g, g)
+  pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=1), jnp.float32)
+  ts = jnp.full((pts.shape[0],), t, jnp.float32)
+  learned, exact = np.asarray(score_fn(pts, ts)), np.asarray(exact_score_fn(pts, ts))
+  err = np.linalg.norm(learned - exact, axis=1) / (np.linalg.norm(exact, axis=1) + 1e-8)
+  fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+  for ax, field, name in [(axes[0], learned, "learned score"), (axes[1], exact, "exact score")]:
+    norm = np.linalg.norm(field, axis=1, keepdims=True) + 1e-8
+    unit = field / norm
+    ax.quiver(pts[:, 0], pts[:, 1], unit[:, 0], unit[:, 1], np.log(norm[:, 0]), cmap="viridis")
+    ax.set_title(f"{name} (direction; colour = log |score|)")
+    ax.set_aspect("equal")
+  im = axes[2].imshow(err.reshape(n, n), origin="lower", extent=(*LIMITS, *LIMITS), cmap="magma", vmin=0,
+                      vmax=min(1.0, float(err.max())))
+  axes[2].set_title("relative error |learned - exact| / |exact|")
+  fig.colorbar(im, ax=axes[2])
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def loss_figure(history: np.ndarray, window: int = 100):
+  """Training loss per step and its running mean."""
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.plot(history, lw=0.5, alpha=0.4, label="loss")
+  if len(history) >= window:
+    smooth = np.convolve(history, np.ones(window) / window, mode="valid")
+    ax.plot(np.arange(window - 1, len(history)), smooth, lw=1.5, label=f"running mean ({window})")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax.set_yscale("log")
+  ax.legend()
+  fig.tight_layout()
+  return fig
