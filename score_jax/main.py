@@ -1,7 +1,12 @@
-"""Launcher: ``python -m score_jax.main --config CONFIG --workdir DIR [--mode train|eval|sample]``.
+"""score_jax launcher: train, evaluate or sample a score model described by an ml-collections config.
 
-Config fields are overridden on the command line as ``--config.training.n_iters=1000``. This file is kept
-short on purpose: the work happens in modules that tests call directly.
+  python -m score_jax.main --config configs/toy/gmm2d.py --workdir runs/gmm2d              # train + evaluate
+  python -m score_jax.main --config configs/toy/gmm2d.py --workdir runs/gmm2d --mode eval  # re-evaluate
+  python -m score_jax.main --config configs/toy/gmm2d.py --workdir runs/gmm2d \
+      --config.training.sde=vesde --config.training.loss=ssm_vr                            # override fields
+
+Any config field is set with --config.<section>.<field>=<value>; the config file's docstring says what it
+reproduces. (Developers: this file stays thin; the work happens in modules that tests call directly.)
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -43,6 +49,8 @@ def main(argv):
 
 
 def run():
+  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl would exit 1 on --help
   app.run(main)
 
 

@@ -28,24 +28,35 @@ def samples_figure(true: np.ndarray, samples: dict[str, np.ndarray]):
   return fig
 
 
-def score_field_figure(score_fn, exact_score_fn, t: float, title: str, n: int = 21):
-  """Quiver plots of the learned and exact scores at time ``t`` and a map of their relative error."""
+def score_field_figure(score_fn, exact_score_fn, t: float, title: str, log_density_fn=None, n: int = 19):
+  """Learned and exact score fields at time ``t`` over the exact log-density, and their relative error.
+
+  Arrows show the score's direction (unit length, so that the far field does not drown the modes); the
+  grey background is ``log p_t`` when ``log_density_fn(x [B, 2], t [B])`` is given.
+  """
   g = np.linspace(*LIMITS, n)
   xx, yy = np.meshgrid(g, g)
   pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=1), jnp.float32)
   ts = jnp.full((pts.shape[0],), t, jnp.float32)
   learned, exact = np.asarray(score_fn(pts, ts)), np.asarray(exact_score_fn(pts, ts))
   err = np.linalg.norm(learned - exact, axis=1) / (np.linalg.norm(exact, axis=1) + 1e-8)
-  fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+  background = None
+  if log_density_fn is not None:
+    fine = np.linspace(*LIMITS, 120)
+    fx, fy = np.meshgrid(fine, fine)
+    fpts = jnp.asarray(np.stack([fx.ravel(), fy.ravel()], axis=1), jnp.float32)
+    background = np.asarray(log_density_fn(fpts, jnp.full((fpts.shape[0],), t, jnp.float32))).reshape(fx.shape)
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
   for ax, field, name in [(axes[0], learned, "learned score"), (axes[1], exact, "exact score")]:
-    norm = np.linalg.norm(field, axis=1, keepdims=True) + 1e-8
-    unit = field / norm
-    ax.quiver(pts[:, 0], pts[:, 1], unit[:, 0], unit[:, 1], np.log(norm[:, 0]), cmap="viridis")
-    ax.set_title(f"{name} (direction; colour = log |score|)")
+    if background is not None:
+      ax.contourf(fx, fy, np.maximum(background, background.max() - 12), levels=20, cmap="Greys")
+    unit = field / (np.linalg.norm(field, axis=1, keepdims=True) + 1e-8)
+    ax.quiver(pts[:, 0], pts[:, 1], unit[:, 0], unit[:, 1], color="tab:red", scale=28, width=0.004)
+    ax.set_title(f"{name} (direction)")
     ax.set_aspect("equal")
-  im = axes[2].imshow(err.reshape(n, n), origin="lower", extent=(*LIMITS, *LIMITS), cmap="magma", vmin=0,
-                      vmax=min(1.0, float(err.max())))
-  axes[2].set_title("relative error |learned - exact| / |exact|")
+  im = axes[2].imshow(np.minimum(err, 1.0).reshape(n, n), origin="lower", extent=(*LIMITS, *LIMITS), cmap="magma",
+                      vmin=0, vmax=1.0)
+  axes[2].set_title("relative error (clipped at 1)")
   fig.colorbar(im, ax=axes[2])
   fig.suptitle(title)
   fig.tight_layout()

@@ -198,7 +198,8 @@ def evaluate(config, state, workdir: str, *, loss_history=None, progress: bool =
   _atomic_savefig(plots.samples_figure(true, {k: v["samples"] for k, v in drawn.items()}),
                   os.path.join(workdir, "samples.png"))
   _atomic_savefig(plots.score_field_figure(score_fn, mixture.score_fn(sde), config.eval.score_field_t,
-                                           f"{type(sde).__name__}, t = {config.eval.score_field_t}"),
+                                           f"{type(sde).__name__}, t = {config.eval.score_field_t}",
+                                           lambda x, t: mixture.marginal_log_prob(sde, x, t)),
                   os.path.join(workdir, "score_field.png"))
   if loss_history is not None:
     _atomic_savefig(plots.loss_figure(loss_history), os.path.join(workdir, "loss.png"))
