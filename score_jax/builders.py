@@ -10,7 +10,7 @@ import optax
 
 from score_jax import losses, models, sampling, sde_lib
 
-__all__ = ["build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs"]
+__all__ = ["build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate"]
 
 
 def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
@@ -65,3 +65,12 @@ def sampler_kwargs(config: ml_collections.ConfigDict) -> dict:
   return dict(predictor=s.predictor, corrector=s.corrector, snr=s.snr, n_steps=s.n_steps_each,
               probability_flow=s.probability_flow, denoise=s.noise_removal, eps=s.eps,
               snr_reduction=s.snr_reduction)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Build every part of ``config`` once, so a bad field fails before training or sampling starts."""
+  sde = build_sde(config)
+  build_model(config)
+  build_loss_fn(config, sde)
+  build_optimizer(config)
+  sampler_kwargs(config)

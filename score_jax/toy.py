@@ -95,6 +95,11 @@ def _make_train_chunk(config, sde, model, optimizer, mixture):
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict[str, Any]:
   """Train the score model of ``config`` on the 2-D mixture; returns the final state and the loss history."""
+  builders.validate(config)  # a typo anywhere in the config fails now, not after training
+  existing = os.path.join(workdir, CHECKPOINT)
+  if os.path.exists(existing) and not config.training.get("overwrite", False):
+    raise FileExistsError(f"{existing} already holds a trained model; evaluate it with --mode=eval, train into a "
+                          "new --workdir, or pass --config.training.overwrite=True to replace it.")
   sde, model, optimizer = builders.build_sde(config), builders.build_model(config), builders.build_optimizer(config)
   mixture = gmm.default_mixture()
   n_iters, chunk_len = config.training.n_iters, config.training.n_jitted_steps
@@ -137,11 +142,29 @@ def load_state(config, workdir: str) -> dict[str, Any]:
   model, optimizer = builders.build_model(config), builders.build_optimizer(config)
   template = init_state(jax.random.PRNGKey(0), model, optimizer, gmm.default_mixture().dim)
   with open(path, "rb") as f:
-    try:
-      return flax.serialization.from_bytes(template, f.read())
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"checkpoint {path} does not match config.model ({e}); use the config it was trained "
-                       "with.") from e
+    raw = flax.serialization.msgpack_restore(f.read())
+  expected = flax.serialization.to_state_dict(template)
+  mismatches = _tree_mismatches(expected, raw)
+  if mismatches:
+    raise ValueError(f"checkpoint {path} does not match config.model; first mismatches: {mismatches[:5]}. "
+                     "Use the config the checkpoint was trained with.")
+  return flax.serialization.from_state_dict(template, raw)
+
+
+def _tree_mismatches(expected, found, prefix: str = "") -> list[str]:
+  """Paths whose presence or shape differ between two nested state dicts."""
+  if isinstance(expected, dict) and isinstance(found, dict):
+    out = [f"{prefix}/{k}: missing" for k in expected if k not in found]
+    out += [f"{prefix}/{k}: unexpected" for k in found if k not in expected]
+    for k in expected:
+      if k in found:
+        out += _tree_mismatches(expected[k], found[k], f"{prefix}/{k}")
+    return out
+  if isinstance(expected, dict) != isinstance(found, dict):
+    return [f"{prefix}: structure differs"]
+  if np.shape(expected) != np.shape(found):
+    return [f"{prefix}: shape {np.shape(found)}, expected {np.shape(expected)}"]
+  return []
 
 
 # ---- sampling and evaluation -----------------------------------------------------------------------------
@@ -154,11 +177,12 @@ def _score_fn(config, state, *, ema: bool = True):
 
 def sample(config, state, key, *, progress: bool = True) -> dict[str, Any]:
   """PC and ODE samples of the trained model (``eval.num_samples`` each) with their NFE and wall time."""
+  pc_kwargs = builders.sampler_kwargs(config)  # bad sampler names fail here, before any work
   sde, score_fn = _score_fn(config, state)
   n, s = config.eval.num_samples, config.sampling
   shape = (n, 2)
   out = {}
-  pc = jax.jit(lambda k: sampling.pc_sample(k, sde, score_fn, shape, **builders.sampler_kwargs(config))[0])
+  pc = jax.jit(lambda k: sampling.pc_sample(k, sde, score_fn, shape, **pc_kwargs)[0])
   ode = jax.jit(lambda k: sampling.ode_sample(k, sde, score_fn, shape, rtol=s.ode_rtol, atol=s.ode_atol, eps=s.eps))
   for name, fn in tqdm([("pc", pc), ("ode", ode)], desc="sample", disable=not progress):
     start = time.time()

@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.n_iters = 6000
   training.n_jitted_steps = 100  # steps fused into one jitted lax.scan call
   training.log_freq = 500
+  training.overwrite = False  # never replace a trained model in --workdir unless asked to
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "score_mlp"
