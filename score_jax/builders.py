@@ -30,8 +30,11 @@ def build_model(config: ml_collections.ConfigDict):
   """The score network named by ``model.name``."""
   m = config.model
   if m.name == "score_mlp":
+    # The label a network sees is fixed by the SDE (models.get_score_fn): VE feeds the noise level sigma
+    # and the network divides its output by it (as NCSN++); VP / sub-VP feed t * 999 (as DDPM++).
     return models.ScoreMLP(features=tuple(m.features), embedding_size=m.embedding_size,
-                           fourier_scale=m.fourier_scale)
+                           embedding_type=m.embedding_type, fourier_scale=m.fourier_scale,
+                           scale_by_sigma=str(config.training.sde).lower() == "vesde")
   raise ValueError(f"Unknown model.name {m.name!r}; expected one of ['score_mlp'] "
                    "(image networks come with the networks issue).")
 

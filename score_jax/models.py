@@ -6,6 +6,7 @@ The toy default uses :class:`ScoreMLP`, a time-conditioned MLP for flat data ``[
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -17,7 +18,15 @@ from score_jax import sde_lib
 
 Array = jax.Array
 
-__all__ = ["GaussianFourierProjection", "ScoreMLP", "get_model_fn", "get_score_fn"]
+__all__ = [
+    "GaussianFourierProjection", "ScoreMLP", "timestep_embedding", "get_model_fn", "get_score_fn",
+    "VP_CONTINUOUS_LABEL_SCALE",
+]
+
+
+# Continuously trained VP / sub-VP networks see t in [0, 1] scaled to the DDPM timestep range [0, 999],
+# so that their timestep embedding is the one of the discrete DDPM with 1000 steps.
+VP_CONTINUOUS_LABEL_SCALE = 999.0
 
 
 class GaussianFourierProjection(nn.Module):
@@ -34,26 +43,51 @@ class GaussianFourierProjection(nn.Module):
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
-class ScoreMLP(nn.Module):
-  """Time-conditioned MLP ``(x [B, D], label [B]) -> [B, D]`` for low-dimensional data.
+def timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: int = 10_000) -> Array:
+  """Sinusoidal embedding ``[B, embedding_dim]`` of (possibly fractional) timesteps, as in DDPM/Transformers."""
+  half = embedding_dim // 2
+  freqs = jnp.exp(-math.log(max_positions) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+  args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+  return jnp.pad(emb, ((0, 0), (0, embedding_dim % 2)))
 
-  The label is a continuous noise label (``log sigma`` or ``t``, see :func:`get_score_fn`), embedded with
-  Gaussian Fourier features and added to every hidden layer.
+
+class ScoreMLP(nn.Module):
+  """Time-conditioned MLP ``(x [B, D], labels [B]) -> [B, D]`` for low-dimensional data.
+
+  It takes the labels of the paper's networks (see :func:`get_score_fn`). With ``scale_by_sigma`` (VE)
+  the label is the noise level ``sigma``: the network is conditioned on ``log sigma`` and its output is
+  divided by ``sigma`` (as NCSN++). Otherwise (VP / sub-VP) the label is ``t * 999`` and the output is
+  the scaled noise (as DDPM++); the network is conditioned on ``t`` itself. The condition is embedded
+  by Gaussian Fourier features (``'fourier'``, smooth in ``t`` for a small ``fourier_scale``, which keeps
+  the probability-flow ODE cheap to solve) or by DDPM's sinusoidal embedding of the label
+  (``'positional'``).
   """
 
   features: Sequence[int] = (128, 128, 128)
   embedding_size: int = 32
-  fourier_scale: float = 16.0
+  embedding_type: str = "fourier"
+  fourier_scale: float = 4.0
+  scale_by_sigma: bool = False
 
   @nn.compact
   def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
-    temb = GaussianFourierProjection(self.embedding_size, self.fourier_scale)(labels)
+    cond = jnp.log(labels) if self.scale_by_sigma else labels / VP_CONTINUOUS_LABEL_SCALE
+    if self.embedding_type == "fourier":
+      temb = GaussianFourierProjection(self.embedding_size, self.fourier_scale)(cond)
+    elif self.embedding_type == "positional":
+      temb = timestep_embedding(labels, 2 * self.embedding_size)
+    else:
+      raise ValueError(f"Unknown embedding_type {self.embedding_type!r}; expected 'fourier' or 'positional'.")
     temb = nn.Dense(self.features[0])(temb)
     h = x
     for width in self.features:
       h = nn.Dense(width)(h) + nn.Dense(width, use_bias=False)(temb)
       h = nn.silu(h)
-    return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
+    out = nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
+    if self.scale_by_sigma:
+      out = out / labels[:, None]
+    return out
 
 
 def get_model_fn(model: nn.Module, variables, train: bool = False):
@@ -62,21 +96,34 @@ def get_model_fn(model: nn.Module, variables, train: bool = False):
 
 
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = False, continuous: bool = True):
-  """The network as a batched score ``score_fn(x [B, ...], t [B])``.
+  """The network as a batched score ``score_fn(x [B, ...], t [B])``, with the original's conventions.
 
-  The network predicts ``-s(t) score`` (the scaled noise ``z`` of eq. 7), so the score is its output
-  divided by the marginal std ``s(t)``: a parameterisation that keeps the target O(1) at every noise level.
-  The network sees the time ``t`` for VP/sub-VP and ``log s(t)`` for VE (whose std spans decades).
+  - VE, continuous: the network gets the noise level ``sigma(t)`` and outputs the score directly (it
+    divides by sigma itself, ``scale_by_sigma``).
+  - VE, discrete: the label is the SMLD index of the noise level, ``round((T - t) (N - 1))`` (0 = largest).
+  - VP / sub-VP, continuous (and sub-VP always): the label is ``t * 999``; the network predicts the noise,
+    so the score is ``-output / s(t)`` with the marginal std ``s(t)``.
+  - VP, discrete: the label is ``t (N - 1)`` and the std is DDPM's ``sqrt(1 - alphabar)`` at that index.
   """
-  if not continuous:
-    raise NotImplementedError("discrete-time (SMLD/DDPM label) score functions come with the networks issue; "
-                              "use continuous=True.")
   model_fn = get_model_fn(model, variables, train)
+  if isinstance(sde, sde_lib.VESDE):
+    def score_fn(x, t):
+      if continuous:
+        labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+      else:
+        labels = jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
+      return model_fn(x, labels)
+    return score_fn
 
-  def score_fn(x, t):
-    std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-    labels = jnp.log(std) if isinstance(sde, sde_lib.VESDE) else t
-    out = model_fn(x, labels)
-    return -jax.vmap(jnp.divide)(out, std)
+  if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
+    def score_fn(x, t):
+      if continuous or isinstance(sde, sde_lib.subVPSDE):
+        labels = t * VP_CONTINUOUS_LABEL_SCALE
+        std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+      else:
+        labels = t * (sde.N - 1)
+        std = jnp.asarray(sde.sqrt_1m_alphas_cumprod)[labels.astype(jnp.int32)]
+      return -jax.vmap(jnp.divide)(model_fn(x, labels), std)
+    return score_fn
 
-  return score_fn
+  raise ValueError(f"Unsupported SDE {type(sde).__name__}; expected VESDE, VPSDE or subVPSDE.")

@@ -59,7 +59,7 @@ def _atomic_savez(path: str, **arrays) -> None:
 
 def init_state(key, model, optimizer, dim: int) -> dict[str, Any]:
   """Parameters, EMA copy, optimizer state and step of a fresh model."""
-  params = model.init(key, jnp.zeros((1, dim)), jnp.zeros((1,)))["params"]
+  params = model.init(key, jnp.zeros((1, dim)), jnp.ones((1,)))["params"]
   return dict(params=params, ema_params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
 
 

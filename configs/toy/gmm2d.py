@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.name = "score_mlp"
   model.features = (128, 128, 128)
   model.embedding_size = 32
+  model.embedding_type = "fourier"  # of log sigma for VE, of t for VP / sub-VP; or "positional" (DDPM's)
   model.fourier_scale = 4.0
   model.ema_rate = 0.995  # short run: a 0.999 average still remembers the early weights at 6k steps
   model.sigma_min = 0.01
