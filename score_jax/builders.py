@@ -10,7 +10,7 @@ import optax
 
 from score_jax import losses, models, sampling, sde_lib
 
-__all__ = ["build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate"]
+__all__ = ["MODEL_BUILDERS", "build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate"]
 
 
 def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
@@ -26,17 +26,28 @@ def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
   raise ValueError(f"Unknown training.sde {config.training.sde!r}; expected one of {sorted(sde_lib.SDES)}.")
 
 
-def build_model(config: ml_collections.ConfigDict):
-  """The score network named by ``model.name``."""
+def _build_score_mlp(config: ml_collections.ConfigDict):
   m = config.model
-  if m.name == "score_mlp":
-    # The label a network sees is fixed by the SDE (models.get_score_fn): VE feeds the noise level sigma
-    # and the network divides its output by it (as NCSN++); VP / sub-VP feed t * 999 (as DDPM++).
-    return models.ScoreMLP(features=tuple(m.features), embedding_size=m.embedding_size,
-                           embedding_type=m.embedding_type, fourier_scale=m.fourier_scale,
-                           scale_by_sigma=str(config.training.sde).lower() == "vesde")
-  raise ValueError(f"Unknown model.name {m.name!r}; expected one of ['score_mlp'] "
-                   "(image networks come with the networks issue).")
+  # The label a network sees is fixed by the SDE (models.get_score_fn): VE feeds the noise level sigma
+  # and the network divides its output by it (as NCSN++); VP / sub-VP feed t * 999 (as DDPM++).
+  return models.ScoreMLP(features=tuple(m.features), embedding_size=m.embedding_size,
+                         embedding_type=m.embedding_type, fourier_scale=m.fourier_scale,
+                         scale_by_sigma=str(config.training.sde).lower() == "vesde")
+
+
+# model.name -> function(config) -> flax Module. One entry per network family; each builder reads the
+# config fields its network needs and passes them as typed arguments.
+MODEL_BUILDERS = {
+    "score_mlp": _build_score_mlp,
+}
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """The score network named by ``model.name``, built from typed arguments."""
+  name = config.model.name
+  if name not in MODEL_BUILDERS:
+    raise ValueError(f"Unknown model.name {name!r}; expected one of {sorted(MODEL_BUILDERS)}.")
+  return MODEL_BUILDERS[name](config)
 
 
 def build_loss_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE):
