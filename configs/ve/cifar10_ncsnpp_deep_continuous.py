@@ -1,0 +1,52 @@
+r"""Deep NCSN++ (8 residual blocks per resolution) with the continuous VE SDE on CIFAR-10.
+
+Reproduces the paper's best sample quality, Table 3 "NCSN++ cont. (deep, VE)": FID 2.20, IS 9.89 with the
+PC sampler (reverse diffusion + Langevin, snr 0.16); released as ve/cifar10_ncsnpp_deep_continuous.
+
+    python -m score_jax.main --config configs/ve/cifar10_ncsnpp_deep_continuous.py \
+        --workdir runs/ve/cifar10_ncsnpp_deep_continuous
+
+then ``--mode eval`` and ``--mode sample`` with the same --workdir. Training on image data arrives with a
+later issue; until then the launcher stops with a message naming the unsupported dataset.
+"""
+
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+
+  training = config.training
+  training.sde = "vesde"
+  training.continuous = True
+  training.n_iters = 950001
+
+  sampling = config.sampling
+  sampling.method = "pc"
+  sampling.predictor = "reverse_diffusion"
+  sampling.corrector = "langevin"
+
+  model = config.model
+  model.name = "ncsnpp"
+  model.fourier_scale = 16
+  model.scale_by_sigma = True
+  model.ema_rate = 0.999
+  model.normalization = "GroupNorm"
+  model.nonlinearity = "swish"
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 8
+  model.attn_resolutions = (16,)
+  model.resamp_with_conv = True
+  model.conditional = True
+  model.fir = True
+  model.fir_kernel = [1, 3, 3, 1]
+  model.skip_rescale = True
+  model.resblock_type = "biggan"
+  model.progressive = "none"
+  model.progressive_input = "residual"
+  model.progressive_combine = "sum"
+  model.attention_type = "ddpm"
+  model.init_scale = 0.0
+  model.conv_size = 3
+  return config
