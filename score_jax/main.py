@@ -19,6 +19,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from score_jax import configs_loader
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file, e.g. configs/toy/gmm2d.py.",
                                 lock_config=True)
@@ -49,6 +51,8 @@ def main(argv):
 
 
 def run():
+  # Image configs import configs.default_*_configs; make that resolve from any working directory.
+  configs_loader.make_importable_from_argv(sys.argv)
   if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl would exit 1 on --help
   app.run(main)
