@@ -106,10 +106,13 @@ def _unflatten(flat: Mapping[str, Any]) -> dict:
 
 def _check_and_order(flat: Mapping[str, np.ndarray], shapes: Shapes, what: str) -> dict:
   """``flat`` as a nested tree in the order of ``shapes``, or a mismatch error naming the differences."""
-  problems = [f"missing {p} {tuple(s)}" for p, s in shapes.items() if p not in flat]
+  problems = []
+  for p, s in shapes.items():  # in the network's order, so the first lines show where it starts to differ
+    if p not in flat:
+      problems.append(f"missing {p} {tuple(s)}")
+    elif tuple(np.shape(flat[p])) != tuple(s):
+      problems.append(f"shape of {p}: checkpoint {tuple(np.shape(flat[p]))}, network {tuple(s)}")
   problems += [f"unexpected {p} {tuple(np.shape(v))}" for p, v in flat.items() if p not in shapes]
-  problems += [f"shape of {p}: checkpoint {tuple(np.shape(flat[p]))}, network {tuple(s)}"
-               for p, s in shapes.items() if p in flat and tuple(np.shape(flat[p])) != tuple(s)]
   if problems:
     _raise_mismatch(what, problems)
   return _unflatten({p: np.asarray(flat[p], dtype=np.float32) for p in shapes})
@@ -156,15 +159,18 @@ def _strip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def _pair_torch_keys(torch_shapes: Mapping[str, tuple], shapes: Shapes) -> tuple[dict[str, str], list[str]]:
   """Flax path -> torch key for every Flax parameter, and the list of mismatches (empty when it fits)."""
   torch_groups: dict[int, list[str]] = {}
-  problems = []
+  problems, outside = [], []
   for k in torch_shapes:
     head, _, rest = k.partition(".")
     index, _, _ = rest.partition(".")
     if head != _TORCH_LIST or not index.isdigit():
-      problems.append(f"unexpected {k}: only networks with an '{_TORCH_LIST}' list (NCSN++, DDPM++, DDPM) "
-                      "can be converted from PyTorch")
+      outside.append(k)
       continue
     torch_groups.setdefault(int(index), []).append(k)
+  if outside:
+    problems.append(f"unexpected {len(outside)} keys outside '{_TORCH_LIST}' ({', '.join(outside[:3])}, ...): "
+                    f"only networks that keep their layers in an '{_TORCH_LIST}' list (NCSN++, DDPM++, DDPM) "
+                    "can be converted from PyTorch; NCSN/NCSNv2 are not supported")
 
   flax_groups: dict[str, list[str]] = {}
   for p in shapes:
@@ -310,6 +316,7 @@ def load_pytorch_checkpoint(path, config, *, ema: bool = True) -> dict:
     config: the config the checkpoint was trained with.
     ema: the EMA weights (what the original evaluates and samples with) rather than the raw ones.
   """
+  _import_torch()  # before building the network, so a missing extra is reported first
   return _load_pytorch(path, param_shapes(config), ema)[0]
 
 
