@@ -277,9 +277,9 @@ def _read_torch_checkpoint(path) -> dict:
   return ckpt
 
 
-def _torch_state_with_ema(ckpt: Mapping, shapes: Shapes, path) -> dict[str, np.ndarray]:
+def _torch_state_with_ema(ckpt: Mapping, model: dict[str, np.ndarray], shapes: Shapes, path) -> dict:
   """The model state_dict with the EMA shadow parameters in place (the original's ``ema.copy_to``)."""
-  model = {k: v.detach().cpu().numpy() for k, v in ckpt["model"].items()}
+  model = dict(model)
   ema = ckpt.get("ema")
   if not isinstance(ema, Mapping) or "shadow_params" not in ema:
     raise ValueError(f"{path} has no 'ema' entry with 'shadow_params'; use ema=False (--no-ema) for the raw weights")
@@ -301,11 +301,11 @@ def _torch_state_with_ema(ckpt: Mapping, shapes: Shapes, path) -> dict[str, np.n
 
 def _load_pytorch(path, shapes: Shapes, ema: bool) -> tuple[dict, int]:
   ckpt = _read_torch_checkpoint(path)
+  model = {k: v.detach().cpu().numpy() for k, v in ckpt["model"].items()}
+  variables = convert_pytorch_state_dict(model, shapes)  # first, so a wrong config is reported as such
   if ema:
-    state_dict = _torch_state_with_ema(ckpt, shapes, path)
-  else:
-    state_dict = {k: v.detach().cpu().numpy() for k, v in ckpt["model"].items()}
-  return convert_pytorch_state_dict(state_dict, shapes), int(ckpt.get("step", 0))
+    variables = convert_pytorch_state_dict(_torch_state_with_ema(ckpt, model, shapes, path), shapes)
+  return variables, int(ckpt.get("step", 0))
 
 
 def load_pytorch_checkpoint(path, config, *, ema: bool = True) -> dict:
