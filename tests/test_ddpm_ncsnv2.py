@@ -6,6 +6,7 @@ Full-size networks are only traced with ``jax.eval_shape`` (no compile); numeric
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -280,8 +281,8 @@ def test_get_sigmas_geometric():
 
 def test_ncsn_conv_init_is_pytorch_default():
   """Kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's Conv2d default."""
-  class Probe(ncsn_layers.nn.Module):
-    @ncsn_layers.nn.compact
+  class Probe(nn.Module):
+    @nn.compact
     def __call__(self, x):
       return ncsn_layers.ncsn_conv3x3(x, 64)
 

@@ -8,3 +8,9 @@
 from score_jax.nets.ncsnpp import NCSNpp
 
 __all__ = ["NCSNpp"]
+
+# DDPM (model.name 'ddpm'), NCSNv2 ('ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256') and NCSN v1 ('ncsn').
+from score_jax.nets.ddpm import DDPM  # noqa: E402
+from score_jax.nets.ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256  # noqa: E402
+
+__all__ += ["DDPM", "NCSN", "NCSNv2", "NCSNv2_128", "NCSNv2_256"]

@@ -119,18 +119,21 @@ class NCSNv2(nn.Module):
     act = get_act(self.nonlinearity)
     if self.conditional:
       norm_factory = get_normalization(self.normalization, conditional=True, num_classes=self.num_scales)
-      residual = lambda width, resample, dilation, h: ConditionalResidualBlock(  # noqa: E731
-          width, norm_factory, resample, act, dilation)(h, labels)
-      refine = lambda shape, width, start, end, hs: CondRefineBlock(  # noqa: E731
-          shape, width, norm_factory, act, self.interpolation, start, end)(hs, labels)
-      norm = lambda h: norm_factory()(h, labels)  # noqa: E731
     else:
       norm_factory = get_normalization(self.normalization)
-      residual = lambda width, resample, dilation, h: ResidualBlock(  # noqa: E731
-          width, norm_factory, resample, act, dilation)(h)
-      refine = lambda shape, width, start, end, hs: RefineBlock(  # noqa: E731
-          shape, width, act, self.interpolation, start, end)(hs)
-      norm = lambda h: norm_factory()(h)  # noqa: E731
+
+    def norm(h):
+      return norm_factory()(h, labels) if self.conditional else norm_factory()(h)
+
+    def residual(width, resample, dilation, h):
+      if self.conditional:
+        return ConditionalResidualBlock(width, norm_factory, resample, act, dilation)(h, labels)
+      return ResidualBlock(width, norm_factory, resample, act, dilation)(h)
+
+    def refine(shape, width, start, end, hs):
+      if self.conditional:
+        return CondRefineBlock(shape, width, norm_factory, act, self.interpolation, start, end)(hs, labels)
+      return RefineBlock(shape, width, act, self.interpolation, start, end)(hs)
 
     h = x if self.centered else 2.0 * x - 1.0
     h = ncsn_conv3x3(h, self.nf)  # [B, H, W, nf]
@@ -168,8 +171,14 @@ class NCSNv2_256(NCSNv2):  # noqa: N801 (the original's name)
 class NCSN(NCSNv2):
   """NCSN v1 (Song & Ermon 2019) as the original JAX port intends it: the NCSNv2 64 px layout with
   noise-conditional blocks (conditional InstanceNorm++ with one embedding row per noise level, average
-  pooling in the CRP stages, normalisation before every RCU/MSF conv). ``labels`` index the ``num_scales``
-  noise levels, so the embedding has ``num_scales`` rows.
+  pooling in the CRP stages, normalisation before every RCU/MSF conv).
+
+  The original's ``ncsn`` cannot be built (see the fixture ``_summary.json``): its configs never set
+  ``model.num_classes``, which its conditional normalisation reads, and its conditional residual block
+  calls ``self.normalization(h, y)`` (passing the activations as the module's fields) where every other
+  call site creates the module first, ``self.normalization()(h, y)``. Here the number of classes is
+  ``num_scales`` (the labels index the noise levels) and the block normalises as the other call sites do.
+  There is therefore no reference tree for this network; its convolutions are NCSNv2-64's.
 
   Defaults are those of ``configs/ve/ncsn/cifar10.py``: 10 levels from 1 to 0.01, no ``scale_by_sigma``.
   """
