@@ -47,7 +47,8 @@ def _divergence_fn(drift_fn, divergence: str):
       basis = jnp.eye(D, dtype=x.dtype).reshape((D,) + x.shape[1:])  # [D, ...]
 
       def column(e):  # e: one basis direction, the same for every example
-        jv = jvp(t, x, jnp.broadcast_to(e, x.shape))
+        e = jnp.broadcast_to(e, x.shape)  # [B, ...]
+        jv = jvp(t, x, e)
         return jnp.sum(jnp.reshape(jv * e, (B, -1)), axis=1)
 
       return jnp.sum(jax.lax.map(column, basis), axis=0)
@@ -134,5 +135,10 @@ def dequantize(key: Array, x_int: Array, *, n_bits: int = 8, centered: bool = Fa
   :func:`bits_per_dim`).
   """
   levels = 2**n_bits
-  x = (jnp.asarray(x_int, jnp.float32) + jax.random.uniform(key, jnp.shape(x_int))) / levels
-  return 2.0 * x - 1.0 if centered else x
+  x_int = jnp.asarray(x_int, jnp.float32)
+  x = (x_int + jax.random.uniform(key, jnp.shape(x_int))) / levels
+  low, high = x_int / levels, (x_int + 1) / levels  # the bin's edges, exact (levels is a power of two)
+  if centered:
+    x, low, high = 2.0 * x - 1.0, 2.0 * low - 1.0, 2.0 * high - 1.0
+  # float32 rounding of x_int + u (or of 2 x - 1) can land on the upper edge, i.e. in the next bin, or at 1.
+  return jnp.clip(x, low, jnp.nextafter(high, low))
