@@ -1,0 +1,444 @@
+"""Oracle tests of the samplers: exact scores of Gaussian and Gaussian-mixture data.
+
+Every sampler here is fed the EXACT score of its target, so whatever distance remains between its samples
+and the data is the sampler's own (finite-N discretisation, Langevin bias, Monte-Carlo error), and each
+tolerance below says which of these it allows for and why.
+
+The target is the product of two independent 2-D blocks, ``N(0, TAU^2 I_2) x gmm.default_mixture()``
+(a 4-D distribution): every perturbation kernel here is isotropic, so ``p_t`` of the product is the product
+of the blocks' ``p_t`` and the exact score is the two blocks' scores side by side. One sampler run then
+checks both oracles, which halves the number of compilations of the full SDE x predictor x corrector grid.
+"""
+
+import functools
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import io_callback
+
+from score_jax import gmm, sampling, sde_lib
+
+TAU = 0.5  # std of the Gaussian block
+MIXTURE = gmm.default_mixture()
+BATCH = 4000  # samples per sampler run (corrector-only runs, a coarse check, use BATCH // 2)
+N_REF = 200_000  # exact samples for the reference statistics
+Z_MAX = 4.5  # ~18 statistics x ~40 runs: P(|z| > 4.5) = 7e-6 each, < 1% for the whole file under H0
+SNR = 0.16  # the PC sampler's default
+
+SDE_NAMES = ("vesde", "vpsde", "subvpsde")
+PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
+CORRECTORS = ("langevin", "ald", "none")
+
+
+def make_sde(name: str, N: int) -> sde_lib.SDE:
+  """The three SDEs; VE with sigma_max = 10 (>> the mixture's radius 3, so p_T is close to the prior)."""
+  return {
+      "vesde": lambda: sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0, N=N),
+      "vpsde": lambda: sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=N),
+      "subvpsde": lambda: sde_lib.subVPSDE(beta_min=0.1, beta_max=20.0, N=N),
+  }[name]()
+
+
+def _kernel(sde, t):
+  """``(a(t), s(t))``, each ``[B]``: the kernel ``p_0t(x_t | x_0) = N(a x_0, s^2 I)``."""
+  return jax.vmap(sde.marginal_one)(jnp.ones_like(t), t)
+
+
+def gaussian_score_fn(sde, tau=TAU):
+  """Exact score ``-x / (a^2 tau^2 + s^2)`` of ``p_t`` for ``N(0, tau^2 I)`` data."""
+  def score_fn(x, t):
+    a, s = _kernel(sde, t)
+    return -x / (a**2 * tau**2 + s**2)[:, None]
+  return score_fn
+
+
+_EIGVALS, _EIGVECS = np.linalg.eigh(MIXTURE.covs)  # [K, D], [K, D, D]: C_k = U_k diag(lam_k) U_k^T
+
+
+def mixture_score_fn(sde):
+  """Exact score of ``p_t`` for the mixture, vectorised over the batch (``test_mixture_score_is_gmm_score``).
+
+  ``gmm.GaussianMixture.score_fn`` factorises the K covariances ``a^2 C_k + s^2 I`` for every example;
+  here they are diagonal in each component's fixed eigenbasis, ``U_k diag(a^2 lam_k + s^2) U_k^T``,
+  which is ~10x faster on CPU and keeps the full sampler grid inside the time budget.
+  """
+  U = jnp.asarray(_EIGVECS, jnp.float32)
+  lam0 = jnp.asarray(_EIGVALS, jnp.float32)
+  means = jnp.asarray(MIXTURE.means, jnp.float32)
+  log_w = jnp.log(jnp.asarray(MIXTURE.weights, jnp.float32))
+
+  def score_fn(x, t):
+    a, s = _kernel(sde, t)
+    lam = a[:, None, None] ** 2 * lam0[None] + s[:, None, None] ** 2  # [B, K, D]
+    diff = x[:, None, :] - a[:, None, None] * means[None]  # [B, K, D]
+    proj = jnp.einsum("kde,bkd->bke", U, diff)  # coordinates in each component's eigenbasis
+    log_comp = log_w[None] - 0.5 * jnp.sum(proj**2 / lam + jnp.log(2 * jnp.pi * lam), axis=-1)  # [B, K]
+    resp = jax.nn.softmax(log_comp, axis=1)
+    comp_scores = -jnp.einsum("kde,bke->bkd", U, proj / lam)  # [B, K, D]
+    return jnp.einsum("bk,bkd->bd", resp, comp_scores)
+
+  return score_fn
+
+
+def product_score_fn(sde):
+  """Exact score of ``p_t`` for the 4-D product target: Gaussian block (dims 0-1), mixture (dims 2-3)."""
+  gauss, mix = gaussian_score_fn(sde), mixture_score_fn(sde)
+  return lambda x, t: jnp.concatenate([gauss(x[:, :2], t), mix(x[:, 2:], t)], axis=1)
+
+
+def sample_product(key, n, sde=None):
+  """Exact samples ``[n, 4]`` of the product target at t = 0, or of its ``p_T`` under ``sde``."""
+  key_g, key_m = jax.random.split(key)
+  if sde is None:
+    std, mixture = TAU, MIXTURE
+  else:
+    a, s = sde.marginal_one(jnp.ones(()), jnp.asarray(sde.T, jnp.float32))
+    std, mixture = float(jnp.sqrt(a**2 * TAU**2 + s**2)), MIXTURE.at_time(sde, sde.T)
+  return jnp.concatenate([std * jax.random.normal(key_g, (n, 2)), mixture.sample(key_m, n)], axis=1)
+
+
+# ---- statistics -------------------------------------------------------------------------------------------
+
+_COV_INV = np.linalg.inv(MIXTURE.covs)
+_LOG_NORM = np.log(MIXTURE.weights) - 0.5 * np.log(np.linalg.det(MIXTURE.covs))
+STAT_NAMES = (["gauss mean 0", "gauss mean 1", "gauss x0^2", "gauss x1^2", "gauss x0 x1",
+               "mix mean 0", "mix mean 1", "mix x0^2", "mix x1^2", "mix x0 x1"]
+              + [f"mix occupancy {k}" for k in range(MIXTURE.n_components)] + ["mix Mahalanobis^2"])
+
+
+def statistics(x) -> np.ndarray:
+  """Per-sample features ``[n, 18]`` whose means the tests compare with the exact distribution's.
+
+  First and second moments of both blocks; for the mixture also the one-hot of the most probable
+  component (occupancy: the mode weights) and the squared Mahalanobis distance to it (the spread inside
+  the modes, which the mixture's second moments, dominated by the radius-3 ring, barely see).
+  """
+  x = np.asarray(x, np.float64)
+  g, m = x[:, :2], x[:, 2:]
+  diff = m[:, None, :] - MIXTURE.means[None]  # [n, K, 2]
+  maha = np.einsum("nkd,kde,nke->nk", diff, _COV_INV, diff)
+  label = np.argmax(_LOG_NORM[None] - 0.5 * maha, axis=1)
+  onehot = np.eye(MIXTURE.n_components)[label]
+  return np.concatenate([g, g**2, g[:, :1] * g[:, 1:], m, m**2, m[:, :1] * m[:, 1:], onehot,
+                         maha[np.arange(len(x)), label][:, None]], axis=1)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  """Mean, squared standard error and RMS of every statistic under the exact target (t = 0)."""
+  f = statistics(sample_product(jax.random.PRNGKey(12345), N_REF))
+  return f.mean(0), f.var(0) / N_REF, np.sqrt(np.mean(f**2, axis=0))
+
+
+def assert_matches_target(x, reference, delta, what=""):
+  """Every statistic's mean within ``Z_MAX`` standard errors plus ``delta`` times its RMS of the truth.
+
+  The standard error combines the sample's and the reference's; ``delta`` is the sampler's systematic
+  error the caller allows for (finite N, Langevin bias), relative to the statistic's scale.
+  """
+  x = np.asarray(x)
+  assert x.ndim == 2 and x.shape[1] == 4 and np.all(np.isfinite(x)), f"{what}: bad samples {x.shape}"
+  ref_mean, ref_var, ref_rms = reference
+  f = statistics(x)
+  err = f.mean(0) - ref_mean
+  se = np.sqrt(f.var(0) / len(f) + ref_var)
+  tol = Z_MAX * se + delta * ref_rms
+  bad = [f"{STAT_NAMES[j]}: {f.mean(0)[j]:.4f} vs {ref_mean[j]:.4f} (err {err[j]:+.4f}, "
+         f"{err[j] / se[j]:+.1f} SE, tol {tol[j]:.4f})" for j in np.flatnonzero(np.abs(err) > tol)]
+  assert not bad, f"{what}: samples do not match the target:\n  " + "\n  ".join(bad)
+
+
+def test_mixture_score_is_gmm_score():
+  """The vectorised score used here is ``gmm.GaussianMixture.score_fn``, at any time, for every SDE."""
+  x = 4.0 * jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+  t = jax.random.uniform(jax.random.PRNGKey(1), (64,), minval=1e-3, maxval=1.0)
+  for name in SDE_NAMES:
+    sde = make_sde(name, 100)
+    expected = np.asarray(jax.jit(MIXTURE.score_fn(sde))(x, t))
+    np.testing.assert_allclose(jax.jit(mixture_score_fn(sde))(x, t), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+
+
+def test_statistics_detect_a_wrong_distribution(reference):
+  """The check has power: exact samples pass it; modes 5% too wide, or one mode moved, do not."""
+  x = np.asarray(sample_product(jax.random.PRNGKey(7), BATCH))
+  assert_matches_target(x, reference, 0.0, "exact samples")
+  label = np.argmax(statistics(x)[:, 10:17], axis=1)
+  wide = x.copy()
+  wide[:, 2:] = MIXTURE.means[label] + 1.05 * (x[:, 2:] - MIXTURE.means[label])
+  with pytest.raises(AssertionError, match="Mahalanobis"):
+    assert_matches_target(wide, reference, 0.0)
+  moved = x.copy()
+  moved[label == 6, 2] += 0.6  # the central mode (std 0.55) moves by 0.6
+  with pytest.raises(AssertionError, match="mix"):
+    assert_matches_target(moved, reference, 0.0)
+
+
+# ---- the predictor-corrector grid -------------------------------------------------------------------------
+
+# Systematic error allowed for, relative to each statistic's RMS:
+# * predictors at N = 500 steps: the O(1/N) discretisation error (largest measured with 20k samples: 1.8%,
+#   within noise) plus p_eps vs p_0 at eps = 1e-3 (sigma(eps)^2 = 1e-4 against mode variances >= 0.05);
+DISCRETISATION = 0.02
+# * the Langevin corrector is unadjusted Langevin with step 2 snr^2 v for a target of variance v, whose
+#   stationary variance is v / (1 - snr^2): the modes come out ~snr^2 = 2.6% too wide (measured 2.5-3.1%
+#   at N = 500, not decreasing with N). The PC runs keep the default snr = 0.16 (the one users run) and
+#   allow for this bias; a smaller snr would shrink it but relax more slowly, a larger one widen the modes.
+LANGEVIN_BIAS = SNR**2
+# * corrector-only sampling is annealed Langevin alone. It lags behind p_t where p_t changes faster than it
+#   relaxes, and ALD's step 2 snr^2 s(t)^2 vanishes with s(t) before p_t settles (for sub-VP, whose
+#   v(t) = a^2 tau^2 + s^2 dips below tau^2 near t = 0, it freezes at the dip). Budgets: Langevin at the
+#   default snr, N = 500 x 4 steps; ALD needs a larger snr, N = 200 x 10 steps at snr 0.4. Measured with
+#   10k samples: VE <= 3.5%; VP / sub-VP up to 7% (central mode over-weighted, Gaussian block too narrow for
+#   sub-VP ALD). Allowances are those with a margin: corrector-only runs are a coarse check, the PC runs
+#   above are the sharp one.
+CORRECTOR_ONLY = {  # corrector -> (N, n_steps, snr); (sde, corrector) -> allowance
+    "langevin": (500, 4, SNR), "ald": (200, 10, 0.4),
+    ("vesde", "langevin"): 0.05, ("vesde", "ald"): 0.05,
+    ("vpsde", "langevin"): 0.10, ("vpsde", "ald"): 0.10,
+    ("subvpsde", "langevin"): 0.10, ("subvpsde", "ald"): 0.10,
+}
+
+
+def _grid():
+  for sde_name, predictor, corrector in itertools.product(SDE_NAMES, PREDICTORS, CORRECTORS):
+    if (predictor, corrector) == ("none", "none"):
+      continue  # degenerate: test_no_predictor_no_corrector_returns_the_prior
+    if (sde_name, predictor) == ("subvpsde", "ancestral_sampling"):
+      continue  # undefined: test_ancestral_sampling_is_undefined_for_subvp
+    yield sde_name, predictor, corrector
+
+
+def _settings(sde_name, predictor, corrector):
+  """``(N, n_steps, snr, batch, delta)`` of one grid point (see the allowances above)."""
+  if predictor == "none":
+    N, n_steps, snr = CORRECTOR_ONLY[corrector]
+    return N, n_steps, snr, BATCH // 2, CORRECTOR_ONLY[(sde_name, corrector)]
+  delta = DISCRETISATION + (LANGEVIN_BIAS if corrector == "langevin" else 0.0)
+  return 500, 1, SNR, BATCH, delta
+
+
+@pytest.mark.parametrize("sde_name,predictor,corrector", list(_grid()))
+def test_pc_sampler_matches_target(sde_name, predictor, corrector, reference):
+  N, n_steps, snr, batch, delta = _settings(sde_name, predictor, corrector)
+  sde = make_sde(sde_name, N)
+  sample = jax.jit(lambda key: sampling.pc_sample(
+      key, sde, product_score_fn(sde), (batch, 4), predictor=predictor, corrector=corrector, snr=snr,
+      n_steps=n_steps))
+  x, nfe = sample(jax.random.PRNGKey(1))
+  assert int(nfe) == N * (n_steps + 1)
+  assert_matches_target(x, reference, delta, f"{sde_name} {predictor} + {corrector}")
+
+
+@pytest.mark.parametrize("corrector", CORRECTORS)
+def test_ancestral_sampling_is_undefined_for_subvp(corrector):
+  sde = make_sde("subvpsde", 20)
+  with pytest.raises(ValueError, match="'ancestral_sampling' is defined for VESDE and VPSDE, not subVPSDE"):
+    sampling.pc_sample(jax.random.PRNGKey(0), sde, gaussian_score_fn(sde), (8, 2),
+                       predictor="ancestral_sampling", corrector=corrector)
+
+
+@pytest.mark.parametrize("sde_name", SDE_NAMES)
+def test_no_predictor_no_corrector_returns_the_prior(sde_name):
+  """Neither predictor nor corrector: the 'samples' are the prior draw itself, unchanged."""
+  N, shape = 10, (8, 4)
+  sde = make_sde(sde_name, N)
+  prior_noise = jax.random.normal(jax.random.PRNGKey(0), shape)
+  draws = (prior_noise, jnp.zeros((N, 1) + shape), jnp.ones((N,) + shape))
+  x, nfe = sampling.pc_sample(None, sde, product_score_fn(sde), shape, predictor="none", corrector="none",
+                              draws=draws)
+  np.testing.assert_array_equal(x, prior_noise * sde.prior_std())
+  assert nfe == 2 * N  # charged as N (n_steps + 1), like the original
+
+
+def test_wrong_score_fails_the_check(reference):
+  """Negative control: the sharpest PC run with a score 10% too small is caught."""
+  sde = make_sde("vpsde", 500)
+  score_fn = product_score_fn(sde)
+  x, _ = jax.jit(lambda key: sampling.pc_sample(key, sde, lambda x, t: 0.9 * score_fn(x, t), (BATCH, 4),
+                                                predictor="reverse_diffusion", corrector="ald"))(
+      jax.random.PRNGKey(1))
+  with pytest.raises(AssertionError, match="do not match"):
+    assert_matches_target(x, reference, DISCRETISATION)
+
+
+# ---- probability flow -------------------------------------------------------------------------------------
+
+# Deterministic Euler steps of the probability-flow ODE have no noise to wash out their O(1/N) error
+# (measured for VP reverse diffusion, the worst: 9.6%, 5.0%, 2.9%, 1.5% at N = 250, 500, 1000, 2000), hence
+# N = 1000 and a 4% allowance.
+# They start from exact p_T samples: the ODE maps p_T onto p_0, and with VE's prior N(0, 10^2) in place of
+# p_T (variance 10^2 + 3.6) the flow would carry the mismatch into the samples (measured +3% on the central
+# mode's weight at any N). The ODE sampler below starts from p_T for the same reason.
+PF_N = 1000
+PF_DISCRETISATION = 0.04
+
+
+@pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion"])
+@pytest.mark.parametrize("sde_name", SDE_NAMES)
+def test_probability_flow_predictor_matches_target(sde_name, predictor, reference):
+  sde = make_sde(sde_name, PF_N)
+  x_T = sample_product(jax.random.PRNGKey(2), BATCH, sde)
+  # no corrector (n_steps = 0); the predictor's noise is unused by the probability flow
+  draws = (x_T / sde.prior_std(), jnp.zeros((PF_N, 0, BATCH, 4)), jnp.zeros((PF_N, BATCH, 4)))
+  x, _ = jax.jit(lambda d: sampling.pc_sample(None, sde, product_score_fn(sde), (BATCH, 4),
+                                              predictor=predictor, corrector="none", n_steps=0,
+                                              probability_flow=True, draws=d))(draws)
+  assert_matches_target(x, reference, PF_DISCRETISATION, f"{sde_name} {predictor} probability flow")
+
+
+@pytest.mark.parametrize("sde_name", SDE_NAMES)
+def test_ode_sampler_matches_target(sde_name, reference):
+  """Adaptive RK at rtol = atol = 1e-5: only p_eps vs p_0 (<= 0.2%) is allowed beyond Monte-Carlo error."""
+  sde = make_sde(sde_name, 1000)
+  x_T = sample_product(jax.random.PRNGKey(3), BATCH, sde)
+  x, nfe = jax.jit(lambda z: sampling.ode_sample(None, sde, product_score_fn(sde), (BATCH, 4), z=z))(x_T)
+  assert 0 < int(nfe) < 1000
+  assert_matches_target(x, reference, 0.005, f"{sde_name} ODE")
+
+
+# ---- per-example randomness -------------------------------------------------------------------------------
+
+_SMALL_SDE = make_sde("vpsde", 30)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _small_pc(shape, snr_reduction, sample_offset=0):
+  return sampling.pc_sample(jax.random.PRNGKey(4), _SMALL_SDE, gaussian_score_fn(_SMALL_SDE), shape,
+                            n_steps=2, snr_reduction=snr_reduction, sample_offset=sample_offset)[0]
+
+
+def test_per_example_snr_samples_do_not_depend_on_the_batch():
+  """Sample b is the same in a batch of 16, in a batch of 8, and in a batch of 8 offset by 8."""
+  x16 = np.asarray(_small_pc((16, 3), "per_example"))
+  x8, x8_offset = _small_pc((8, 3), "per_example"), _small_pc((8, 3), "per_example", 8)
+  np.testing.assert_allclose(x8, x16[:8], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(x8_offset, x16[8:], rtol=1e-6, atol=1e-6)
+  assert np.all(np.isfinite(x16)) and np.min(np.abs(x16[:8] - x16[8:])) > 0  # distinct samples
+
+
+def test_batch_snr_samples_do_depend_on_the_batch():
+  """Control: the original's batch-averaged step size couples a sample to its batch-mates."""
+  x16 = _small_pc((16, 3), "batch")
+  assert np.max(np.abs(np.asarray(_small_pc((8, 3), "batch")) - np.asarray(x16[:8]))) > 1e-3
+
+
+# ---- no recompilation -------------------------------------------------------------------------------------
+
+def _counting(score_fn):
+  """``(counted_fn, counter)``: ``counter[0]`` counts the times ``counted_fn`` was traced (or run eagerly)."""
+  counter = [0]
+
+  def counted(x, t):
+    counter[0] += 1
+    return score_fn(x, t)
+
+  return counted, counter
+
+
+def _pc_samples(key, sde, score_fn):
+  return sampling.pc_sample(key, sde, score_fn, (4, 2), predictor="ancestral_sampling", corrector="langevin",
+                            n_steps=3)[0]
+
+
+def test_pc_sampler_traces_the_score_a_fixed_number_of_times():
+  """The loop is a scan: the score is traced once by the corrector and once by the predictor, for N = 5 as
+  for N = 50, and not again when the jitted sampler runs a second time."""
+  for N in (5, 50):
+    sde = make_sde("vesde", N)
+    score_fn, counter = _counting(gaussian_score_fn(sde))
+    sample = jax.jit(functools.partial(_pc_samples, sde=sde, score_fn=score_fn))
+    sample(jax.random.PRNGKey(0)).block_until_ready()
+    assert counter[0] == 2, (N, counter[0])
+    sample(jax.random.PRNGKey(1)).block_until_ready()
+    assert counter[0] == 2, "calling the jitted sampler again retraced the score"
+
+
+def test_samplers_do_not_retrace():
+  sde = make_sde("vpsde", 30)
+  score_fn, counter = _counting(gaussian_score_fn(sde))
+  sampler = sampling.make_pc_sampler(sde, score_fn, (4, 2))
+  for offset in (0, 4, 8):  # the offset is a traced argument, not a static one
+    sampler(jax.random.PRNGKey(offset), sample_offset=offset)[0].block_until_ready()
+  assert counter[0] == 2  # corrector and predictor, traced once
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def sample(key):
+    return sampling.pc_sample(key, sde, gaussian_score_fn(sde), (4, 2))[0]
+
+  for seed in range(3):
+    sample(jax.random.PRNGKey(seed)).block_until_ready()  # a retrace raises AssertionError
+
+  ode_score_fn, ode_counter = _counting(gaussian_score_fn(sde))
+  ode_sampler = sampling.make_ode_sampler(sde, ode_score_fn, (4, 2))
+  ode_sampler(jax.random.PRNGKey(0))[0].block_until_ready()
+  first = ode_counter[0]
+  ode_sampler(jax.random.PRNGKey(1))[0].block_until_ready()
+  assert ode_counter[0] == first
+
+
+def test_ode_traces_do_not_depend_on_the_number_of_steps():
+  sde = make_sde("vpsde", 30)
+  traces, nfes = [], []
+  for tol in (1e-2, 1e-6):
+    score_fn, counter = _counting(gaussian_score_fn(sde))
+    solve = functools.partial(sampling.ode_sample, None, sde, score_fn, (4, 2), rtol=tol, atol=tol)
+    _, nfe = jax.jit(lambda z, solve=solve: solve(z=z))(jnp.ones((4, 2)))
+    traces.append(counter[0])
+    nfes.append(int(nfe))
+  assert nfes[1] > 2 * nfes[0]  # really more steps ...
+  assert traces[0] == traces[1]  # ... with the same number of traces
+
+
+# ---- ODE NFE ----------------------------------------------------------------------------------------------
+
+def _evaluation_counter():
+  """``(tick, counter)``: calling ``tick()`` inside jitted code adds one to ``counter[0]`` at run time."""
+  counter = [0]
+
+  def host_tick():
+    counter[0] += 1
+    return np.int32(0)
+
+  def tick():
+    io_callback(host_tick, jax.ShapeDtypeStruct((), jnp.int32), ordered=True)
+
+  return tick, counter
+
+
+@pytest.mark.parametrize("solver", sorted(sampling.ODE_SOLVERS))
+def test_solve_ode_nfe_counts_vector_field_evaluations(solver):
+  """``1 + 6 num_steps`` is the number of evaluations, rejected steps included (a sharp bump forces some)."""
+  tick, counter = _evaluation_counter()
+
+  def vector_field(t, y):
+    tick()
+    return -y + 20.0 * jnp.exp(-(((t - 1.0) / 0.05) ** 2))
+
+  for rtol in (1e-3, 1e-6):
+    counter[0] = 0
+    solve = functools.partial(sampling.solve_ode, vector_field, rtol=rtol, atol=rtol, solver=solver)
+    y, nfe = jax.jit(lambda y0, solve=solve: solve(y0, 0.0, 2.0))(jnp.ones((3,)))
+    jax.block_until_ready(y)
+    assert int(nfe) == counter[0] > 7
+
+
+@pytest.mark.parametrize("solver,denoise", [("tsit5", True), ("dopri5", False)])
+def test_ode_sample_nfe_counts_score_evaluations(solver, denoise):
+  """``ode_sample``'s NFE is its number of score evaluations (plus one for the final denoising step)."""
+  sde = make_sde("subvpsde", 30)
+  tick, counter = _evaluation_counter()
+  exact = gaussian_score_fn(sde)
+
+  def score_fn(x, t):
+    tick()
+    return exact(x, t)
+
+  x, nfe = sampling.ode_sample(jax.random.PRNGKey(0), sde, score_fn, (4, 2), solver=solver, denoise=denoise)
+  jax.block_until_ready(x)
+  assert int(nfe) == counter[0] > 7
