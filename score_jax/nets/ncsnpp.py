@@ -267,9 +267,6 @@ class NCSNpp(nn.Module):
         else:
           h = resnet_block(up=True)(h, temb, train)
 
-    if hs:
-      raise AssertionError(f"{len(hs)} skip activations left unused")  # a bug, not bad input
-
     if self.progressive == "output_skip":
       h = pyramid
     else:
