@@ -15,7 +15,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from conftest import SHARED
-from score_jax import builders
+from score_jax import builders, models, sde_lib
 from score_jax.nets import ddpm as ddpm_net
 from score_jax.nets import ncsn_layers, ncsnv2, noise_levels, normalization
 
@@ -363,3 +363,17 @@ def test_bad_labels_and_images_are_rejected():
   ddpm = ddpm_net.DDPM(nf=32, ch_mult=(1, 2), num_res_blocks=1, scale_by_sigma=True)
   with pytest.raises(ValueError, match=r"DDPM with scale_by_sigma: expected labels"):
     jax.eval_shape(lambda: ddpm.init(jax.random.PRNGKey(0), x, jnp.array([0.5, 0.2])))
+
+
+def test_ve_discrete_score_fn_indexes_the_same_sigmas(key):
+  """The SDE's SMLD levels (ascending) are the network's (descending): label i <-> sigma_{N-1-i}."""
+  sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=20)
+  np.testing.assert_allclose(np.asarray(noise_levels.get_sigmas(0.01, 50.0, 20))[::-1], sde.discrete_sigmas,
+                             rtol=1e-5)
+  model = ncsnv2.NCSNv2(nf=8, sigma_min=0.01, sigma_max=50.0, num_scales=20)
+  x = jax.random.uniform(key, (BATCH, SIZE, SIZE, CHANNELS))
+  params = _random_params(model, x, jnp.zeros((BATCH,), jnp.int32))
+  t = jnp.array([1.0, 0.25])
+  score = models.get_score_fn(sde, model, {"params": params}, continuous=False)(x, t)
+  direct = model.apply({"params": params}, x, jnp.array([0, 14], jnp.int32))  # round((1 - t) * 19)
+  np.testing.assert_allclose(score, direct, rtol=RTOL, atol=ATOL)
