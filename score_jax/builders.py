@@ -12,7 +12,9 @@ from score_jax import losses, models, nets, sampling, sde_lib
 from score_jax.nets import ddpm as nets_ddpm
 from score_jax.nets import ncsnv2 as nets_ncsnv2
 
-__all__ = ["MODEL_BUILDERS", "build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate"]
+__all__ = [
+    "MODEL_BUILDERS", "build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate",
+]
 
 
 def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:

@@ -22,7 +22,6 @@ is reported before anything is written.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -410,23 +409,10 @@ def load_converted(path, config) -> dict:
 
 
 def load_config(path):
-  """``get_config()`` of a config file, with its repository root importable (``from configs.x import ...``).
+  """``get_config()`` of a config file (see :func:`score_jax.configs_loader.load_config`)."""
+  from score_jax import configs_loader
 
-  The root is the directory above the nearest ``configs/`` folder holding the file; without one, the
-  file's own directory.
-  """
-  path = pathlib.Path(path).resolve()
-  if not path.is_file():
-    raise FileNotFoundError(f"No config file at {path}")
-  root = next((p.parent for p in path.parents if p.name == "configs"), path.parent)
-  if str(root) not in sys.path:
-    sys.path.insert(0, str(root))
-  spec = importlib.util.spec_from_file_location(f"_score_jax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"Config file {path} defines no get_config()")
-  return module.get_config()
+  return configs_loader.load_config(path)
 
 
 _SOURCES = {"score_sde": _load_score_sde, "score_sde_pytorch": _load_pytorch}

@@ -37,7 +37,8 @@ class GaussianMixture:
 
   def __post_init__(self):
     w, m, c = (np.asarray(a, np.float64) for a in (self.weights, self.means, self.covs))
-    if w.ndim != 1 or m.ndim != 2 or c.ndim != 3 or m.shape[0] != w.shape[0] or c.shape != (w.shape[0],) + 2 * m.shape[1:]:
+    shapes_ok = w.ndim == 1 and m.ndim == 2 and m.shape[0] == w.shape[0] and c.shape == (w.shape[0],) + 2 * m.shape[1:]
+    if not shapes_ok:
       raise ValueError(f"expected weights [K], means [K, D], covs [K, D, D]; got {w.shape}, {m.shape}, {c.shape}.")
     if np.any(w <= 0) or abs(w.sum() - 1) > 1e-6:
       raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}.")

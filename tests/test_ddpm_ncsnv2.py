@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import SHARED
 from flax.traverse_util import flatten_dict
 
-from conftest import SHARED
 from score_jax import builders, models, sde_lib
 from score_jax.nets import ddpm as ddpm_net
 from score_jax.nets import ncsn_layers, ncsnv2, noise_levels, normalization
@@ -304,7 +304,7 @@ def test_mean_pool_and_residual_resampling(rng):
   x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)).astype(np.float32))
   for dilation, size in ((1, 4), (2, 8)):  # dilated 'down' blocks keep the resolution, as the original
     block = ncsn_layers.ResidualBlock(6, norm, resample="down", dilation=dilation)
-    out, _ = jax.eval_shape(lambda: block.init_with_output(jax.random.PRNGKey(0), x))
+    out, _ = jax.eval_shape(lambda b=block: b.init_with_output(jax.random.PRNGKey(0), x))
     assert out.shape == (1, size, size, 6)
   refine = ncsn_layers.RefineBlock((8, 8), 4)
   out, _ = jax.eval_shape(lambda: refine.init_with_output(jax.random.PRNGKey(0), [x, x[:, ::2, ::2]]))

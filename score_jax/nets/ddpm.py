@@ -15,8 +15,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.nets.layers import (AttnBlock, Downsample, ResnetBlockDDPM, Upsample, conv3x3, default_init, get_act,
-                                   timestep_embedding)
+from score_jax.nets.layers import (
+  AttnBlock,
+  Downsample,
+  ResnetBlockDDPM,
+  Upsample,
+  conv3x3,
+  default_init,
+  get_act,
+  timestep_embedding,
+)
 from score_jax.nets.noise_levels import check_integer_labels, check_sigmas, divide_by_sigma, get_sigmas
 from score_jax.nets.normalization import NORMALIZATIONS, check_group_norm_channels, get_normalization
 

@@ -20,7 +20,8 @@ from score_jax.models import timestep_embedding
 Array = jax.Array
 
 __all__ = [
-    "ACTIVATIONS", "get_act", "default_init", "conv1x1", "conv3x3", "NIN", "spatial_self_attention", "AttnBlock", "Upsample", "Downsample",
+    "ACTIVATIONS", "get_act", "default_init", "conv1x1", "conv3x3", "NIN", "spatial_self_attention", "AttnBlock",
+    "Upsample", "Downsample",
     "ResnetBlockDDPM", "timestep_embedding", "group_norm_groups", "check_group_norm",
 ]
 

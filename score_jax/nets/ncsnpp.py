@@ -8,12 +8,11 @@ embedding of ``t * 999``. The "deep" variants only raise ``num_res_blocks``.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_jax.nets import layers, layerspp
 

@@ -20,8 +20,14 @@ import jax
 import numpy as np
 
 from score_jax.nets.layers import get_act
-from score_jax.nets.ncsn_layers import (ConditionalResidualBlock, CondRefineBlock, RefineBlock, ResidualBlock,
-                                        check_interpolation, ncsn_conv3x3)
+from score_jax.nets.ncsn_layers import (
+  ConditionalResidualBlock,
+  CondRefineBlock,
+  RefineBlock,
+  ResidualBlock,
+  check_interpolation,
+  ncsn_conv3x3,
+)
 from score_jax.nets.noise_levels import check_integer_labels, check_sigmas, divide_by_sigma, get_sigmas
 from score_jax.nets.normalization import NORMALIZATIONS, check_group_norm_channels, get_normalization
 
