@@ -23,14 +23,6 @@ PARAM_TREES = SHARED / "fixtures" / "score_sde_jax" / "param_trees"
 OUR_MODELS = ("ddpm", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256")
 
 
-def _fixture_files():
-  summary_path = PARAM_TREES / "_summary.json"
-  if not summary_path.exists():
-    return []
-  summary = json.loads(summary_path.read_text())["configs"]
-  return sorted(v["file"] for v in summary.values() if v.get("model_name") in OUR_MODELS)
-
-
 def _load_fixture(file):
   path = PARAM_TREES / file
   if not path.exists():
@@ -80,20 +72,8 @@ def _random_params(model, x, labels, seed=0):
 # 1. Parameter trees of the original's configs.
 
 
-@pytest.mark.parametrize("file", _fixture_files() or ["<missing>"])
-def test_param_tree_matches_reference(file):
-  if file == "<missing>":
-    pytest.skip(f"no param-tree fixtures under {PARAM_TREES}")
-  fixture = _load_fixture(file)
-  config = ml_collections.ConfigDict(fixture["config"])
-  model = builders.build_model(config)
-  flat, order = _abstract_init(model, config.data.image_size, config.data.num_channels)
-
-  expected = {path: tuple(shape) for path, shape, _ in fixture["tree"]}
-  assert sorted(set(flat) - set(expected)) == [] and sorted(set(expected) - set(flat)) == []
-  assert flat == expected
-  assert order == [path for path, _, _ in fixture["tree"]]  # same creation order, same auto-names
-  assert sum(int(np.prod(s)) for s in flat.values()) == fixture["param_count"]
+# The parameter trees of every config are compared with the original's in tests/test_configs.py
+# (test_model_param_tree_matches_original), built from the ported config files.
 
 
 def _ncsnv2_cifar10_config():

@@ -93,33 +93,9 @@ def test_small_ve_matches_reference(small_ve, weights):
   assert_rel_close(score, ref[f"score_{out_key}"], f"score ({weights})")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Parameter trees of every NCSN++ / DDPM++ config of the original.
+# The parameter trees of every config are compared with the original's in tests/test_configs.py
+# (test_model_param_tree_matches_original), built from the ported config files.
 
-
-def _ncsnpp_tree_fixtures():
-  summary = PARAM_TREES / "_summary.json"
-  if not summary.exists():
-    return [pytest.param(None, marks=pytest.mark.skip(reason=f"{summary} not found (../shared is absent)"))]
-  configs = json.loads(summary.read_text())["configs"]
-  return [pytest.param(info["file"], id=path) for path, info in sorted(configs.items())
-          if info.get("model_name") == "ncsnpp"]
-
-
-@pytest.mark.parametrize("fixture_file", _ncsnpp_tree_fixtures())
-def test_param_tree_matches_reference(fixture_file):
-  ref = json.loads((PARAM_TREES / fixture_file).read_text())
-  config = ml_collections.ConfigDict(ref["config"])
-  model = builders.build_model(config)
-  shapes = _shape_tree(_init_shapes(model, tuple(ref["init_input"]["x_shape"])))
-  want = {path: tuple(shape) for path, shape, _ in ref["tree"]}
-  assert sorted(set(want) - set(shapes)) == [] and sorted(set(shapes) - set(want)) == []
-  assert shapes == want
-  assert sum(int(np.prod(s)) for s in shapes.values()) == ref["param_count"]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Other option combinations at tiny sizes (the fixtures above only run NCSN++'s own options numerically).
 
 TINY = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
 
