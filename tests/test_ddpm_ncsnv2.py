@@ -20,7 +20,6 @@ from score_jax.nets import ddpm as ddpm_net
 from score_jax.nets import ncsn_layers, ncsnv2, noise_levels, normalization
 
 PARAM_TREES = SHARED / "fixtures" / "score_sde_jax" / "param_trees"
-OUR_MODELS = ("ddpm", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256")
 
 
 def _load_fixture(file):
