@@ -46,6 +46,9 @@ class GaussianMixture:
       raise ValueError("every covariance must be symmetric positive definite.")
     for name, value in (("weights", w), ("means", m), ("covs", c)):
       object.__setattr__(self, name, value)
+    eigvals, eigvecs = np.linalg.eigh(c)  # C_k = U_k diag(lam_k) U_k^T
+    object.__setattr__(self, "_eigvals", eigvals)
+    object.__setattr__(self, "_eigvecs", eigvecs)
 
   @property
   def dim(self) -> int:
@@ -71,14 +74,16 @@ class GaussianMixture:
     return GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s**2 * np.eye(self.dim))
 
   def _log_prob_one(self, x: Array, a: Array, s: Array) -> Array:
-    """log p_t(x) of one example ``x [D]`` given the kernel's mean factor ``a`` and std ``s``."""
-    means = a * jnp.asarray(self.means, x.dtype)
-    covs = a**2 * jnp.asarray(self.covs, x.dtype) + s**2 * jnp.eye(self.dim, dtype=x.dtype)[None]  # [K, D, D]
-    chol = jnp.linalg.cholesky(covs)  # [K, D, D]
-    diff = x[None] - means  # [K, D]
-    sol = jax.vmap(lambda L, d: jax.scipy.linalg.solve_triangular(L, d, lower=True))(chol, diff)
-    log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), axis=1)
-    log_comp = -0.5 * (jnp.sum(sol**2, axis=1) + log_det + self.dim * jnp.log(2 * jnp.pi))
+    """log p_t(x) of one example ``x [D]`` given the kernel's mean factor ``a`` and std ``s``.
+
+    With ``C_k = U_k diag(lam_k) U_k^T`` (eigendecomposed once), the marginal covariance
+    ``a^2 C_k + s^2 I = U_k diag(a^2 lam_k + s^2) U_k^T``: no factorisation per example or per time.
+    """
+    eigvals = jnp.asarray(self._eigvals, x.dtype)  # [K, D]
+    eigvecs = jnp.asarray(self._eigvecs, x.dtype)  # [K, D, D], columns are eigenvectors
+    var = a**2 * eigvals + s**2  # [K, D]
+    y = jnp.einsum("kdj,kd->kj", eigvecs, x[None] - a * jnp.asarray(self.means, x.dtype))  # U_k^T (x - a mu_k)
+    log_comp = -0.5 * (jnp.sum(y**2 / var + jnp.log(var), axis=1) + self.dim * jnp.log(2 * jnp.pi))
     return jax.scipy.special.logsumexp(log_comp + jnp.log(jnp.asarray(self.weights, x.dtype)))
 
   def log_prob(self, x: Array) -> Array:
