@@ -1,0 +1,462 @@
+"""Training checkpoints: periodic snapshots, a preemption checkpoint, safe resume, and SIGTERM handling.
+
+A checkpoint holds the training state pytree ``{params, ema_params, opt_state, step}`` and a small JSON
+record (``meta``): the config sections that fix the parameter tree (``model``, ``data``), the parameter
+shapes and dtypes, their fingerprint, the seed and the data position (the step: batches are drawn from
+``fold_in(key, step)``). Checkpoints live in ``WORKDIR/checkpoints/<step>/`` and are written by an orbax
+``CheckpointManager``, which writes into a temporary directory and renames it when complete; every save is
+awaited (``wait_until_finished``) before older checkpoints are deleted, so a kill at any moment leaves the
+previous checkpoint intact.
+
+Kept checkpoints: every ``training.snapshot_freq`` steps a periodic snapshot (the newest
+``training.keep_snapshots`` are kept; all of them when it is unset, as score_sde does), and every
+``training.snapshot_freq_for_preemption`` steps a preemption checkpoint that replaces the previous one.
+A step that is a multiple of ``snapshot_freq`` is a periodic snapshot whatever triggered the save.
+
+Any checkpoint reads back with orbax alone, without score_jax (orbax logs that it restores the items
+without a handler registry; the arrays are exact, the optax states come back as lists and dicts)::
+
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager("WORKDIR/checkpoints")
+  ckpt = mngr.restore(mngr.latest_step())  # ckpt.state["ema_params"], ckpt.meta["seed"], ...
+
+or one item of one step: ``ocp.StandardCheckpointer().restore("WORKDIR/checkpoints/STEP/state")``.
+
+Use in a training loop::
+
+  ckpts = Checkpointer.from_config(config, workdir, template=init_state(...))
+  state = ckpts.restore_latest() or fresh_state      # skips corrupt checkpoints, refuses other configs
+  install_sigterm_handler()
+  while int(state["step"]) < n_iters:
+    state = train_chunk(state)
+    ckpts.save(state, int(state["step"]), force=should_stop())
+    if should_stop():
+      break                                          # exit 0: the scheduler resubmits, we resume
+
+The last part of this module helps test that a run killed at any moment resumes bit-identically
+(:func:`run_with_kills`, :func:`tree_differences`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = [
+    "Checkpointer", "CheckpointCorruptError", "install_sigterm_handler", "should_stop", "request_stop",
+    "run_with_kills", "tree_differences", "PROGRESS_RE",
+]
+
+log = logging.getLogger(__name__)
+
+SUBDIR = "checkpoints"
+STATE_ITEM = "state"
+META_ITEM = "meta"
+# Config sections whose values fix the parameter tree and the data stream; a resume under other values is refused.
+FINGERPRINT_SECTIONS = ("model", "data")
+_COMMIT_MARKER = "commit_success.txt"  # written by orbax before the temporary directory is renamed
+_STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step JSON; gets commit_timestamp_nsecs at finalisation
+_MAX_LISTED = 5  # mismatches named in an error message
+
+
+class CheckpointCorruptError(RuntimeError):
+  """A checkpoint directory that is partial, truncated or unreadable."""
+
+
+# ---- the record stored beside the arrays --------------------------------------------------------------
+
+
+def _leaf_paths(tree) -> dict[str, Any]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf for path, leaf in flat}
+
+
+def param_signature(params) -> dict[str, str]:
+  """``{'Dense_0/kernel': 'float32[2, 64]', ...}`` of a parameter tree (concrete or abstract arrays)."""
+  return {k: f"{np.dtype(v.dtype).name}{list(np.shape(v))}" for k, v in _leaf_paths(params).items()}
+
+
+def _jsonable(x):
+  return json.loads(json.dumps(x, sort_keys=True, default=repr))
+
+
+def fingerprint(config_sections: Mapping, params_signature: Mapping) -> str:
+  """SHA-256 of the config sections and the parameter signature (canonical JSON)."""
+  blob = json.dumps(_jsonable({"config": config_sections, "params": params_signature}), sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _flatten_dict(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten_dict(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _differences(found: Mapping, expected: Mapping, what: str) -> list[str]:
+  found, expected = _flatten_dict(_jsonable(dict(found))), _flatten_dict(_jsonable(dict(expected)))
+  out = []
+  for k in sorted(set(found) | set(expected)):
+    if k not in found:
+      out.append(f"{what}{k}: absent from the checkpoint, {expected[k]!r} now")
+    elif k not in expected:
+      out.append(f"{what}{k}: {found[k]!r} in the checkpoint, absent now")
+    elif found[k] != expected[k]:
+      out.append(f"{what}{k}: {found[k]!r} in the checkpoint, {expected[k]!r} now")
+  return out
+
+
+# ---- SIGTERM: ask the loop to save and stop --------------------------------------------------------------
+
+_STOP = threading.Event()
+
+
+def install_sigterm_handler() -> Any:
+  """Make SIGTERM set the flag read by :func:`should_stop` instead of killing the process.
+
+  Call it from the main thread. The loop then saves a checkpoint (``force=True``) and exits normally.
+  With several hosts, agree on the flag before saving (e.g. ``multihost_utils.process_allgather``).
+
+  Returns:
+    The previous SIGTERM handler.
+  """
+
+  def handler(signum, frame):
+    del frame
+    log.warning("received signal %d: saving a checkpoint and stopping at the end of this step", signum)
+    _STOP.set()
+
+  return signal.signal(signal.SIGTERM, handler)
+
+
+def should_stop() -> bool:
+  """Whether SIGTERM (or :func:`request_stop`) asked the training loop to save and stop."""
+  return _STOP.is_set()
+
+
+def request_stop(stop: bool = True) -> None:
+  """Set (or clear) the stop flag by hand: tests, or a loop stopping for reasons of its own."""
+  if stop:
+    _STOP.set()
+  else:
+    _STOP.clear()
+
+
+# ---- the checkpointer ------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+  """Periodic and preemption checkpoints of a training state in ``workdir/checkpoints/``.
+
+  Args:
+    workdir: the run's directory; checkpoints go to ``workdir/checkpoints/<step>/``.
+    template: a state ``{params, ema_params, opt_state, step}`` of the current config (concrete arrays or
+      ``jax.ShapeDtypeStruct``s, e.g. from ``jax.eval_shape``): it gives the tree, shapes and dtypes restored.
+    snapshot_freq: steps between periodic snapshots; ``None`` or 0 for none.
+    preemption_freq: steps between preemption checkpoints (each replaces the previous); ``None`` or 0 for none.
+    keep_snapshots: how many periodic snapshots to keep (the newest); ``None`` keeps all.
+    config_sections: JSON-able config sections (``{'model': {...}, 'data': {...}}``) that a resumed run
+      must share with the checkpoint.
+    seed: the run's seed; a resume under another seed is refused.
+  """
+
+  def __init__(self, workdir, template, *, snapshot_freq: int | None, preemption_freq: int | None,
+               keep_snapshots: int | None = None, config_sections: Mapping | None = None, seed: int | None = None):
+    for name, value in (("snapshot_freq", snapshot_freq), ("preemption_freq", preemption_freq)):
+      if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+        raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+    if keep_snapshots is not None and (not isinstance(keep_snapshots, (int, np.integer)) or keep_snapshots < 1):
+      raise ValueError(f"keep_snapshots must be a positive int or None (keep all), got {keep_snapshots!r}")
+    missing = {"params", "ema_params", "opt_state", "step"} - set(template)
+    if missing:
+      raise ValueError(f"the state template lacks {sorted(missing)}; expected {{params, ema_params, opt_state, step}}")
+    self.directory = pathlib.Path(workdir).absolute() / SUBDIR
+    self.snapshot_freq = int(snapshot_freq or 0)
+    self.preemption_freq = int(preemption_freq or 0)
+    self.keep_snapshots = keep_snapshots
+    self._abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    self._signature = param_signature(self._abstract["params"])
+    self._config = _jsonable(dict(config_sections or {}))
+    self.seed = seed
+    self.fingerprint = fingerprint(self._config, self._signature)
+    self._checked_existing = False
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True),
+        item_names=(STATE_ITEM, META_ITEM))
+
+  @classmethod
+  def from_config(cls, config, workdir, template) -> "Checkpointer":
+    """A checkpointer set by ``config.training`` (snapshot frequencies, ``keep_snapshots``) and ``config.seed``."""
+    t = config.training
+    sections = {s: config[s].to_dict() for s in FINGERPRINT_SECTIONS if s in config}
+    return cls(workdir, template, snapshot_freq=t.get("snapshot_freq", None),
+               preemption_freq=t.get("snapshot_freq_for_preemption", None),
+               keep_snapshots=t.get("keep_snapshots", None), config_sections=sections, seed=config.get("seed", None))
+
+  # -- listing --
+
+  def all_steps(self) -> list[int]:
+    """Steps of the checkpoint directories present, ascending (as orbax lists them: not validated)."""
+    self._mngr.reload()
+    return sorted(int(s) for s in self._mngr.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest step in :meth:`all_steps`, or ``None``; :meth:`restore_latest` may fall back to an older one."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def is_due(self, step: int) -> bool:
+    """Whether :meth:`save` writes a checkpoint at ``step`` without ``force`` (never at step 0)."""
+    return step > 0 and any(f and step % f == 0 for f in (self.snapshot_freq, self.preemption_freq))
+
+  def is_snapshot(self, step: int) -> bool:
+    """Whether a checkpoint at ``step`` is a periodic snapshot (kept ``keep_snapshots`` deep) or a preemption one."""
+    return bool(self.snapshot_freq) and step % self.snapshot_freq == 0
+
+  # -- saving --
+
+  def save(self, state, step: int, *, force: bool = False) -> bool:
+    """Write ``state`` as the checkpoint of ``step`` if it is due (or ``force``), then delete stale ones.
+
+    Returns only once the checkpoint is committed. Then every preemption (non-periodic) checkpoint older
+    than ``step`` is deleted, and periodic snapshots beyond the newest ``keep_snapshots``. An existing
+    checkpoint of the same step (a corrupt one skipped by :meth:`restore_latest`, or one being redone)
+    is replaced.
+
+    Returns:
+      whether a checkpoint was written.
+
+    Raises:
+      ValueError: ``state['step']`` is not ``step``, or the newest checkpoint already in the directory
+        belongs to another config (checked before the first write, nothing is overwritten).
+    """
+    step = int(step)
+    if not (force or self.is_due(step)):
+      return False
+    if int(state["step"]) != step:
+      raise ValueError(f"state['step'] is {int(state['step'])} but save was asked for step {step}")
+    if not self._checked_existing:
+      self._check_directory_compatible()
+    meta = dict(fingerprint=self.fingerprint, config=self._config, params=self._signature, seed=self.seed,
+                step=step, data_position=step, time=time.time())
+    path = self.directory / str(step)
+    if path.exists():
+      log.warning("replacing the existing checkpoint %s", path)
+      self._delete(step)
+    self._mngr.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                                     META_ITEM: ocp.args.JsonSave(meta)}), force=True)
+    self._mngr.wait_until_finished()
+    self._prune(step)
+    return True
+
+  def _delete(self, step: int) -> None:
+    self._mngr.reload()
+    if step in self._mngr.all_steps():
+      self._mngr.delete(step)
+    # orbax may not list a half-deleted or odd directory; it goes too
+    shutil.rmtree(self.directory / str(step), ignore_errors=True)
+
+  def _prune(self, saved: int) -> None:
+    steps = self.all_steps()
+    stale = [s for s in steps if s < saved and not self.is_snapshot(s)]
+    if self.keep_snapshots is not None:
+      snapshots = [s for s in steps if self.is_snapshot(s)]
+      stale += [s for s in snapshots[:-self.keep_snapshots] if s != saved]
+    for s in sorted(set(stale)):
+      self._delete(s)
+
+  def _check_directory_compatible(self) -> None:
+    """Refuse to write into a directory whose newest readable checkpoint belongs to another config."""
+    for step in reversed(self.all_steps()):
+      try:
+        meta = self._read_meta(step)
+      except CheckpointCorruptError:
+        continue
+      self._check_compatible(meta, self.directory / str(step))
+      break
+    self._checked_existing = True
+
+  # -- restoring --
+
+  def _read_meta(self, step: int) -> dict:
+    """The JSON record of ``step`` after the cheap checks (commit markers, orbax metadata); no arrays read."""
+    path = self.directory / str(step)
+    for sub in (path, path / STATE_ITEM, path / META_ITEM):
+      if not (sub / _COMMIT_MARKER).is_file():
+        raise CheckpointCorruptError(f"{sub} has no orbax commit marker ({_COMMIT_MARKER}): a partial write")
+    try:
+      step_meta = json.loads((path / _STEP_METADATA).read_text())
+      if not step_meta.get("commit_timestamp_nsecs"):
+        raise ValueError("no commit_timestamp_nsecs")
+      meta = self._mngr.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+    except Exception as e:  # orbax and the JSON decoder raise many kinds; any means unreadable
+      raise CheckpointCorruptError(f"{path}: unreadable metadata ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or meta.get("step") != step or "fingerprint" not in meta:
+      raise CheckpointCorruptError(f"{path}: the metadata record is not a score_jax checkpoint record of step {step}")
+    return meta
+
+  def _check_compatible(self, meta: Mapping, path) -> None:
+    if meta["fingerprint"] == self.fingerprint and meta.get("seed") == self.seed:
+      return
+    problems = _differences(meta.get("params", {}), self._signature, "params/")
+    problems += _differences(meta.get("config", {}), self._config, "")
+    if meta.get("seed") != self.seed:
+      problems.append(f"seed: {meta.get('seed')!r} in the checkpoint, {self.seed!r} now")
+    if not problems:
+      problems = [f"fingerprint {meta['fingerprint'][:12]}… in the checkpoint, {self.fingerprint[:12]}… now"]
+    raise ValueError(f"checkpoint {path} belongs to another config; first mismatches: {problems[:_MAX_LISTED]}"
+                     f"{f' (+{len(problems) - _MAX_LISTED} more)' if len(problems) > _MAX_LISTED else ''}. "
+                     "Resume with the config it was written with, or use a new workdir. Nothing was overwritten.")
+
+  def metadata(self, step: int) -> dict:
+    """The JSON record saved with ``step`` (fingerprint, config, params signature, seed, data position)."""
+    return self._read_meta(int(step))
+
+  def restore(self, step: int | None = None):
+    """The state saved at ``step`` (default: :meth:`latest_step`), exactly as saved.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint (of that step).
+      CheckpointCorruptError: that checkpoint is partial, truncated or unreadable.
+      ValueError: it belongs to another config (param shapes, config sections or seed differ).
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    step = int(step)
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; there are {self.all_steps()}")
+    path = self.directory / str(step)
+    self._check_compatible(self._read_meta(step), path)
+    try:
+      state = self._mngr.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(
+          self._abstract)}))[STATE_ITEM]
+    except Exception as e:  # truncated or missing array files surface as tensorstore/orbax errors of many kinds
+      raise CheckpointCorruptError(f"{path}: unreadable arrays ({type(e).__name__}: {str(e)[:300]})") from e
+    got = jax.tree.map(lambda x: (np.shape(x), np.dtype(x.dtype)), state)
+    want = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), self._abstract)
+    if got != want or int(state["step"]) != step:
+      raise CheckpointCorruptError(f"{path}: the restored arrays do not have the recorded shapes, dtypes or step")
+    return state
+
+  def restore_latest(self):
+    """The state of the newest valid checkpoint, or ``None`` when there is none (a fresh start).
+
+    Corrupt or partial checkpoints are skipped with a warning naming them (and replaced when the run saves
+    that step again); a checkpoint of another config raises ``ValueError`` (see :meth:`restore`).
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore(step)
+      except CheckpointCorruptError as e:
+        log.warning("skipping corrupt checkpoint %s: %s", self.directory / str(step), e)
+        continue
+      self._checked_existing = True
+      log.info("resuming from %s", self.directory / str(step))
+      return state
+    return None
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+# ---- helpers for "kill at any moment" resume tests -----------------------------------------------------
+
+# A training process under run_with_kills prints one line like this, flushed, after each step.
+PROGRESS_RE = re.compile(r"^step (\d+)$")
+
+
+def _read_into(stream, chunks: list) -> None:
+  chunks.append(stream.read())
+
+
+def run_with_kills(argv: Sequence[str], kill_points: Sequence[tuple[int, float]], *, env: Mapping | None = None,
+                   timeout: float = 120.0, cwd=None) -> list[dict]:
+  """Run ``argv`` once per kill point, SIGKILLing it there, then once more to completion.
+
+  The process must resume from its own checkpoints and print ``step N`` (see :data:`PROGRESS_RE`) after
+  each step. Kill point ``(n, delay)``: kill ``delay`` seconds after the first progress line with
+  ``N >= n`` (the kill may land in a step or in a save). A run that ends before its kill point is recorded
+  with its exit code and ``killed=False``; a run that exits non-zero without being killed raises.
+
+  Returns:
+    one record per run: ``{'kill_point', 'first_step', 'last_step', 'killed', 'returncode', 'stderr_tail'}``,
+    where ``first_step``/``last_step`` are the first and last progress lines read (``None``: none; a
+    killed run may have gone a little past ``last_step``).
+  """
+  records = []
+  for point in [*kill_points, None]:
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                            env=None if env is None else dict(env), cwd=cwd)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    stderr_chunks: list[str] = []  # read on a thread so that a chatty stderr cannot fill its pipe and block
+    reader = threading.Thread(target=_read_into, args=(proc.stderr, stderr_chunks), daemon=True)
+    reader.start()
+    first = last = None
+    killed = False
+    try:
+      for line in proc.stdout:
+        m = PROGRESS_RE.match(line.strip())
+        if not m:
+          continue
+        last = int(m.group(1))
+        first = last if first is None else first
+        if point is not None and last >= point[0]:
+          time.sleep(point[1])
+          killed = proc.poll() is None  # it may have finished meanwhile
+          if killed:
+            proc.send_signal(signal.SIGKILL)
+          break
+      proc.stdout.close()
+      returncode = proc.wait()
+    finally:
+      watchdog.cancel()
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    reader.join(timeout=10)
+    if not killed and returncode != 0:
+      raise RuntimeError(f"{argv} exited with {returncode} (kill point {point}):\n{''.join(stderr_chunks)[-3000:]}")
+    records.append(dict(kill_point=point, first_step=first, last_step=last, killed=killed, returncode=returncode,
+                        stderr_tail="".join(stderr_chunks)[-2000:]))
+  return records
+
+
+def tree_differences(a, b) -> list[str]:
+  """Leaf paths where two pytrees differ in structure, shape, dtype or any bit (NaNs compare by bits)."""
+  fa, fb = _leaf_paths(a), _leaf_paths(b)
+  out = [f"{k}: only in the first" for k in fa if k not in fb] + [f"{k}: only in the second" for k in fb if k not in fa]
+  for k in fa:
+    if k in fb:
+      x, y = np.asarray(fa[k]), np.asarray(fb[k])
+      if x.shape != y.shape or x.dtype != y.dtype:
+        out.append(f"{k}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}")
+      elif x.tobytes() != y.tobytes():
+        out.append(f"{k}: values differ")
+  return out
