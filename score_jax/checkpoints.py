@@ -29,9 +29,12 @@ Use in a training loop::
   install_sigterm_handler()
   while int(state["step"]) < n_iters:
     state = train_chunk(state)
-    ckpts.save(state, int(state["step"]), force=should_stop())
-    if should_stop():
+    step, stop = int(state["step"]), should_stop()   # read the flag once per step
+    ckpts.save(state, step, force=stop or step == n_iters)  # writes only when due, or forced
+    if stop:
       break                                          # exit 0: the scheduler resubmits, we resume
+
+Save frequencies should be multiples of the steps fused per jitted call, or the saves never fall due.
 
 The last part of this module helps test that a run killed at any moment resumes bit-identically
 (:func:`run_with_kills`, :func:`tree_differences`).
