@@ -155,13 +155,23 @@ def build_loss_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE):
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with linear warmup and global-norm gradient clipping, as the original's ``optimization_manager``."""
+  """Adam with linear warmup and global-norm gradient clipping, as the original's ``optimization_manager``.
+
+  The learning rate of update ``k`` (counted from 0) is ``lr * min(k / warmup, 1)``; gradients are scaled
+  by ``grad_clip / max(|g|, grad_clip)`` (``grad_clip <= 0`` disables clipping). A nonzero
+  ``optim.weight_decay`` is decoupled and scaled by the learning rate, as flax's old ``optim.Adam``
+  (``optax.adamw``).
+  """
   o = config.optim
   if o.optimizer != "Adam":
     raise ValueError(f"Unknown optim.optimizer {o.optimizer!r}; expected 'Adam'.")
   schedule = optax.linear_schedule(0.0, o.lr, o.warmup) if o.warmup > 0 else o.lr
   parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-  parts.append(optax.adam(schedule, b1=o.beta1, eps=o.eps))
+  weight_decay = o.get("weight_decay", 0.0)
+  if weight_decay:
+    parts.append(optax.adamw(schedule, b1=o.beta1, eps=o.eps, weight_decay=weight_decay))
+  else:
+    parts.append(optax.adam(schedule, b1=o.beta1, eps=o.eps))
   return optax.chain(*parts)
 
 

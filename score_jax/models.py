@@ -19,7 +19,7 @@ from score_jax import sde_lib
 Array = jax.Array
 
 __all__ = [
-    "GaussianFourierProjection", "ScoreMLP", "timestep_embedding", "get_model_fn", "get_score_fn",
+    "GaussianFourierProjection", "ScoreMLP", "timestep_embedding", "get_model_fn", "get_score_fn", "make_score_fn",
     "VP_CONTINUOUS_LABEL_SCALE",
 ]
 
@@ -90,12 +90,20 @@ class ScoreMLP(nn.Module):
     return out
 
 
-def get_model_fn(model: nn.Module, variables, train: bool = False):
-  """The raw network as ``model_fn(x, labels)``."""
-  return lambda x, labels: model.apply(variables, x, labels, train=train)
+def get_model_fn(model: nn.Module, variables, train: bool = False, rng: Array | None = None):
+  """The raw network as ``model_fn(x, labels)``.
+
+  Args:
+    model, variables: the flax module and its variables.
+    train: training mode (dropout on).
+    rng: the 'dropout' PRNG key for ``train=True`` networks with dropout; None for no rng.
+  """
+  rngs = None if rng is None else {"dropout": rng}
+  return lambda x, labels: model.apply(variables, x, labels, train=train, rngs=rngs)
 
 
-def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = False, continuous: bool = True):
+def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = False, continuous: bool = True,
+                 rng: Array | None = None):
   """The network as a batched score ``score_fn(x [B, ...], t [B])``, with the original's conventions.
 
   - VE, continuous: the network gets the noise level ``sigma(t)`` and outputs the score directly (it
@@ -104,8 +112,14 @@ def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = Fa
   - VP / sub-VP, continuous (and sub-VP always): the label is ``t * 999``; the network predicts the noise,
     so the score is ``-output / s(t)`` with the marginal std ``s(t)``.
   - VP, discrete: the label is ``t (N - 1)`` and the std is DDPM's ``sqrt(1 - alphabar)`` at that index.
+
+  ``rng`` is the 'dropout' key of :func:`get_model_fn`. :func:`make_score_fn` wraps any raw ``model_fn``.
   """
-  model_fn = get_model_fn(model, variables, train)
+  return make_score_fn(sde, get_model_fn(model, variables, train, rng), continuous)
+
+
+def make_score_fn(sde: sde_lib.SDE, model_fn, continuous: bool = True):
+  """The raw network ``model_fn(x [B, ...], labels [B])`` as a score ``score_fn(x, t)`` (see :func:`get_score_fn`)."""
   if isinstance(sde, sde_lib.VESDE):
     def score_fn(x, t):
       if continuous:
