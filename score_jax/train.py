@@ -1,0 +1,251 @@
+"""The training step of the image models: a pure function of (state, batch, key), fused with ``lax.scan``.
+
+Nothing here knows about devices. :func:`make_train_step` averages gradients over a mapped axis only when
+it is given ``axis_name`` (``jax.pmap``); :mod:`score_jax.parallel` does the device mapping.
+
+Randomness is derived, not carried. Step ``s`` uses ``key_s = fold_in(key, s)``, and example ``i`` of the
+*global* batch draws its time (or noise level), its Gaussian noise and its dropout masks from
+``fold_in(key_s, i)``. On a device that holds rows ``[o, o + b)`` of the global batch, ``i`` runs over
+``o + arange(b)`` with ``o = axis_index * b``. A training run is therefore a function of (seed, data)
+alone: one device, ``jax.jit`` over a mesh and ``jax.pmap`` over the same global batch draw the same
+numbers for the same example, and give the same losses, gradients and parameters up to float rounding.
+(Folding the device index into the key, as the original does, would tie the draws to the device layout.)
+To give each example its own dropout key the network is applied one example at a time under ``jax.vmap``,
+which XLA batches back into one call; all networks here normalise per example, so this changes nothing
+else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from score_jax import losses, models, sde_lib
+
+Array = jax.Array
+
+__all__ = [
+    "TrainState", "init_train_state", "loss_kind", "make_loss_fn", "make_train_step", "make_fused_train_step",
+    "ema_update", "example_keys",
+]
+
+# Tags that split an example's key into its independent draws.
+_KEY_T, _KEY_NOISE, _KEY_DROPOUT = 0, 1, 2
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree.
+
+  Attributes:
+    step: int32 scalar, the number of optimizer updates done.
+    params: the network parameters (fp32 master weights).
+    ema_params: their exponential moving average (``model.ema_rate``), used for sampling and evaluation.
+    opt_state: the optax state.
+  """
+
+  step: Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def init_train_state(key: Array, config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
+                     input_shape: tuple[int, ...] | None = None) -> TrainState:
+  """A fresh state: network initialised from ``key``, EMA equal to the parameters, step 0.
+
+  Args:
+    key: PRNG key of the initialisation.
+    config: the experiment config; gives the image shape when ``input_shape`` is None.
+    model: the flax network ``model(x, labels, train=...)``.
+    optimizer: the optax transformation (:func:`score_jax.builders.build_optimizer`).
+    input_shape: shape of a network input ``[B, ...]``, e.g. ``(1, D)``; default
+      ``(1, data.image_size, data.image_size, data.num_channels)``.
+
+  Returns:
+    A :class:`TrainState`.
+  """
+  if input_shape is None:
+    d = config.data
+    input_shape = (1, d.image_size, d.image_size, d.num_channels)  # [B, H, W, C]
+  if len(input_shape) < 2:
+    raise ValueError(f"input_shape must be [B, ...] with a batch axis, got {tuple(input_shape)}.")
+  x = jnp.zeros(input_shape, jnp.float32)
+  labels = jnp.zeros(input_shape[:1], jnp.int32)  # as the original's init_model
+  init = jax.jit(lambda key, x, labels: model.init({"params": key, "dropout": key}, x, labels, train=False))
+  variables = init(key, x, labels)  # jitted: eager init of a large network runs op by op
+  extra = sorted(set(variables) - {"params"})
+  if extra:
+    raise ValueError(f"the network has mutable collections {extra}; only 'params' is supported in training.")
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=optimizer.init(params))
+
+
+def ema_update(ema_params, params, rate: float):
+  """``ema <- rate * ema + (1 - rate) * params`` (the original's ``params_ema`` update, after the step)."""
+  return jax.tree_util.tree_map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
+
+
+def loss_kind(config: ml_collections.ConfigDict, sde: sde_lib.SDE) -> str:
+  """The objective of ``config``, as the original derives it: ``dsm`` if ``training.continuous``, else
+  ``smld`` for a VE SDE and ``ddpm`` for a VP SDE. A ``training.loss`` that disagrees is an error."""
+  t = config.training
+  if t.continuous:
+    kind = "dsm"
+  elif isinstance(sde, sde_lib.VESDE):
+    kind = "smld"
+  elif isinstance(sde, sde_lib.VPSDE):
+    kind = "ddpm"
+  else:
+    raise ValueError(f"discrete training (training.continuous=False) needs a VE or VP SDE, got "
+                     f"{type(sde).__name__}; set training.continuous=True.")
+  if t.get("loss", kind) != kind:
+    raise ValueError(f"training.loss={t.loss!r} does not match training.continuous={t.continuous} with "
+                     f"{type(sde).__name__} (which train with {kind!r}).")
+  if kind != "dsm" and t.likelihood_weighting:
+    raise ValueError(f"training.likelihood_weighting is only defined for continuous training, not {kind!r}.")
+  return kind
+
+
+def example_keys(key_step: Array, batch_size: int, offset: Array | int = 0) -> Array:
+  """Keys ``[batch_size]`` of the examples ``offset + arange(batch_size)`` of the global batch at one step."""
+  return jax.vmap(lambda i: jax.random.fold_in(key_step, i))(offset + jnp.arange(batch_size))
+
+
+# Modules that stay in fp32 under bf16: the fixed random Fourier frequencies (std 16) multiply log sigma, and
+# bf16's 8-bit mantissa would move their phases by radians.
+_FP32_MODULES = (models.GaussianFourierProjection,)
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree_util.tree_map(
+      lambda a: a.astype(dtype) if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _cast_params(params, dtype):
+  """Float parameters in ``dtype``, except those of :data:`_FP32_MODULES` (kept fp32)."""
+  fp32_names = tuple(cls.__name__ for cls in _FP32_MODULES)
+
+  def cast(path, a):
+    keep = any(getattr(k, "key", "").startswith(fp32_names) for k in path)
+    return a if keep or not jnp.issubdtype(a.dtype, jnp.floating) else a.astype(dtype)
+
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def _bf16_inputs(next_fun, args, kwargs, context):
+  """Flax interceptor: the float inputs of every submodule in bf16, so that layers mixing a bf16 activation
+  with the fp32 time embedding compute in bf16 instead of promoting to fp32."""
+  if context.method_name == "__call__" and context.module.parent is not None \
+      and not isinstance(context.module, _FP32_MODULES):
+    args, kwargs = _cast_floats((args, kwargs), jnp.bfloat16)
+  return next_fun(*args, **kwargs)
+
+
+def _make_model_fn(model, params, keys: Array, compute_dtype) -> Callable[[Array, Array], Array]:
+  """The network in train mode as a batched ``model_fn(x [B, ...], labels [B]) -> fp32 [B, ...]``.
+
+  Each example gets its own dropout key from ``keys [B]``. With a bf16 ``compute_dtype`` the parameters and
+  the inputs of every layer are bf16 (the fp32 master weights get fp32 gradients through the cast), except
+  the Fourier features (:data:`_FP32_MODULES`); the labels reach the network in fp32 and the output is cast
+  back to fp32 for the loss.
+  """
+  bf16 = compute_dtype == jnp.bfloat16
+  variables = {"params": _cast_params(params, compute_dtype) if bf16 else params}
+
+  def one(x, label, key):  # x [...], label []
+    key = jax.random.fold_in(key, _KEY_DROPOUT)
+    apply = models.get_model_fn(model, variables, train=True, rng=key)
+    if bf16:
+      with nn.intercept_methods(_bf16_inputs):
+        out = apply(x[None].astype(compute_dtype), label[None])
+    else:
+      out = apply(x[None], label[None])
+    return out[0].astype(jnp.float32)
+
+  return lambda x, labels: jax.vmap(one)(x, labels, keys)
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE):
+  """``loss_fn(params, x [B, ...], key_step, offset=0) -> scalar`` of the objective of ``config``.
+
+  ``x`` holds the global-batch rows ``offset + arange(B)``; their draws come from :func:`example_keys`.
+  Continuous training uses denoising score matching (:func:`score_jax.losses.sde_loss`, eq. 7) on the
+  network as a score (:func:`score_jax.models.make_score_fn`); discrete training uses SMLD (VE) or DDPM
+  (VP) on the raw network. ``training.bf16`` runs the network in bf16 (see :func:`_make_model_fn`).
+  """
+  t = config.training
+  kind = loss_kind(config, sde)
+  compute_dtype = jnp.bfloat16 if t.get("bf16", False) else jnp.float32
+  eps = t.get("eps", 1e-5)
+
+  def loss_fn(params, x, key_step, offset=0):
+    keys = example_keys(key_step, x.shape[0], offset)  # [B]
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, _KEY_NOISE), x.shape[1:], jnp.float32))(keys)
+    key_t = jax.vmap(lambda k: jax.random.fold_in(k, _KEY_T))(keys)
+    model_fn = _make_model_fn(model, params, keys, compute_dtype)
+    x = x.astype(jnp.float32)
+    if kind == "dsm":
+      time = jax.vmap(lambda k: jax.random.uniform(k, ()) * (sde.T - eps) + eps)(key_t)  # [B]
+      score_fn = models.make_score_fn(sde, model_fn, continuous=True)
+      return losses.sde_loss(sde, score_fn, x, time, noise, reduce_mean=t.reduce_mean,
+                             likelihood_weighting=t.likelihood_weighting)
+    labels = jax.vmap(lambda k: jax.random.randint(k, (), 0, sde.N))(key_t)  # [B] int
+    loss = losses.smld_loss if kind == "smld" else losses.ddpm_loss
+    return loss(sde, model_fn, x, labels, noise, reduce_mean=t.reduce_mean)
+
+  return loss_fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
+                    optimizer: optax.GradientTransformation, axis_name: str | None = None):
+  """One optimizer step as a pure ``step(state, x [B, ...], key) -> (state, metrics)``.
+
+  The loss is that of :func:`make_loss_fn`; the update is ``optimizer`` on the gradient (averaged over
+  ``axis_name`` with ``lax.pmean`` when given, where ``x`` is that device's share of the global batch);
+  the EMA follows with ``model.ema_rate``. The step's randomness is ``fold_in(key, state.step)``: pass the
+  same ``key`` at every step. The returned function carries its ``axis_name`` as an attribute.
+
+  Returns:
+    ``step``; ``metrics`` holds the fp32 scalars ``loss`` and ``grad_norm`` (before clipping), averaged
+    over ``axis_name``.
+  """
+  loss_fn = make_loss_fn(config, model, sde)
+  ema_rate = config.model.ema_rate
+
+  def step(state: TrainState, x: Array, key: Array):
+    key_step = jax.random.fold_in(key, state.step)
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * x.shape[0]
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, x, key_step, offset)
+    if axis_name is not None:
+      loss, grads = jax.lax.pmean((loss, grads), axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = ema_update(state.ema_params, params, ema_rate)
+    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+    return new_state, dict(loss=loss, grad_norm=optax.tree.norm(grads))
+
+  step.axis_name = axis_name
+  return step
+
+
+def make_fused_train_step(step_fn):
+  """``training.n_jitted_steps`` steps in one ``lax.scan``: ``steps(state, xs [n, B, ...], key)``.
+
+  Returns:
+    ``steps`` returning ``(state, metrics)`` with each metric stacked ``[n]``; identical to ``n`` calls of
+    ``step_fn`` on ``xs[0], ..., xs[n - 1]``.
+  """
+
+  def steps(state: TrainState, xs: Array, key: Array):
+    return jax.lax.scan(lambda s, x: step_fn(s, x, key), state, xs)
+
+  steps.axis_name = getattr(step_fn, "axis_name", None)
+  return steps
