@@ -24,11 +24,9 @@ reported as not run, with its compile time and buffer size, rather than risking 
 The header line gives the jax version, backend, device kind, CPU count and each model's parameter count,
 checked against the published sizes (62,758,915 for NCSN++ cont. VE, 61,804,419 for DDPM++ cont. VP).
 
-Dropout in the training step: ``models.get_model_fn`` (as committed) calls ``model.apply(variables, x, labels,
-train=True)`` without ``rngs``, and the networks' dropout (``model.dropout = 0.1``) needs a 'dropout' rng in
-train mode. The step therefore hands ``models.get_score_fn`` a thin wrapper (:class:`_ApplyWithDropoutKey`)
-whose ``apply`` is ``model.apply(..., rngs={'dropout': key})``, so the score convention (VE: label sigma(t),
-output is the score; VP: label 999 t, score = -output / std(t)) is get_score_fn's own.
+Dropout in the training step: the networks' dropout (``model.dropout = 0.1``) needs a 'dropout' rng in train
+mode; the step passes one as ``get_score_fn(..., train=True, rng=key)``, so the score convention (VE: label
+sigma(t), output is the score; VP: label 999 t, score = -output / std(t)) is get_score_fn's own.
 
 Examples (from the repository root, with the virtualenv active)::
 
@@ -134,23 +132,6 @@ def count_params(model, config: ml_collections.ConfigDict) -> int:
   return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
 
 
-class _ApplyWithDropoutKey:
-  """``model`` whose ``apply`` also passes ``rngs={'dropout': key}``.
-
-  ``models.get_model_fn`` (as committed) calls ``model.apply(variables, x, labels, train=train)`` with no
-  ``rngs``; in train mode the networks' dropout needs one. Wrapping the model keeps get_score_fn's score
-  convention. An ``rngs=None`` that a newer ``get_model_fn`` passes is replaced; any other is an error.
-  """
-
-  def __init__(self, model, key: Array):
-    self.model, self.key = model, key
-
-  def apply(self, variables, *args, **kwargs):
-    if kwargs.pop("rngs", None) is not None:
-      raise ValueError("get_score_fn passed its own rngs; give it the dropout key instead of this wrapper.")
-    return self.model.apply(variables, *args, rngs={"dropout": self.key}, **kwargs)
-
-
 def make_train_step(model, sde: sde_lib.SDE, config: ml_collections.ConfigDict,
                     optimizer: optax.GradientTransformation) -> Callable:
   """``step(params, opt_state, key, step, x [B, H, W, C]) -> (params, opt_state, loss)``: DSM loss, grad, Adam.
@@ -165,8 +146,7 @@ def make_train_step(model, sde: sde_lib.SDE, config: ml_collections.ConfigDict,
     key_loss, key_dropout = jax.random.split(jax.random.fold_in(key, step))
 
     def objective(params):
-      score_fn = models.get_score_fn(sde, _ApplyWithDropoutKey(model, key_dropout), {"params": params},
-                                     train=True, continuous=True)
+      score_fn = models.get_score_fn(sde, model, {"params": params}, train=True, continuous=True, rng=key_dropout)
       return loss_fn(key_loss, score_fn, x)
 
     loss, grads = jax.value_and_grad(objective)(params)
