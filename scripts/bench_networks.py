@@ -432,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config, model, sde, optimizer = built[name]
     key_init, key_data, key_train = jax.random.split(jax.random.fold_in(key, i), 3)
     shape = _example_shape(config)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + shape), jnp.ones((1,)), train=False))(key_init)
+    init = jax.jit(lambda k, m=model, s=shape: m.init(k, jnp.zeros((1,) + s), jnp.ones((1,)), train=False))
+    variables = init(key_init)
     t = config.training
     print(f"{name}: {MODELS[name][1]}, {MODELS[name][0]} | sde {type(sde).__name__} | image {shape} | loss dsm, "
           f"reduce_mean {t.reduce_mean}, likelihood_weighting {t.likelihood_weighting} | dropout "
