@@ -133,10 +133,13 @@ def count_params(model, config: ml_collections.ConfigDict) -> int:
 
 
 def make_train_step(model, sde: sde_lib.SDE, config: ml_collections.ConfigDict,
-                    optimizer: optax.GradientTransformation) -> Callable:
+                    optimizer: optax.GradientTransformation, accumulate: int = 1) -> Callable:
   """``step(params, opt_state, key, step, x [B, H, W, C]) -> (params, opt_state, loss)``: DSM loss, grad, Adam.
 
   The randomness of step ``step`` is ``fold_in(key, step)``, split into the loss's (t, z) and dropout's.
+  With ``accumulate = K`` the batch is split into K equal micro-batches whose gradients are averaged in a
+  ``lax.scan`` before the single Adam update: the same update for a batch that does not fit in memory at
+  once (each micro-batch draws its own t, z and dropout from ``fold_in(., k)``).
   """
   t = config.training
   loss_fn = losses.make_loss_fn("dsm", sde, reduce_mean=t.reduce_mean, likelihood_weighting=t.likelihood_weighting,
@@ -149,7 +152,25 @@ def make_train_step(model, sde: sde_lib.SDE, config: ml_collections.ConfigDict,
       score_fn = models.get_score_fn(sde, model, {"params": params}, train=True, continuous=True, rng=key_dropout)
       return loss_fn(key_loss, score_fn, x)
 
-    loss, grads = jax.value_and_grad(objective)(params)
+    if accumulate == 1:
+      loss, grads = jax.value_and_grad(objective)(params)
+    else:
+      micro = x.reshape((accumulate, x.shape[0] // accumulate) + x.shape[1:])
+
+      def micro_step(total, inputs):
+        k, xk = inputs
+
+        def micro_objective(params):
+          score_fn = models.get_score_fn(sde, model, {"params": params}, train=True, continuous=True,
+                                         rng=jax.random.fold_in(key_dropout, k))
+          return loss_fn(jax.random.fold_in(key_loss, k), score_fn, xk)
+
+        value, grads = jax.value_and_grad(micro_objective)(params)
+        return jax.tree_util.tree_map(jnp.add, total, (value, grads)), None
+
+      zeros = (jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, params))
+      (loss, grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accumulate), micro))
+      loss, grads = jax.tree_util.tree_map(lambda v: v / accumulate, (loss, grads))
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -341,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="timed runs per measurement after one warm-up; the median is reported "
                            "(default: %(default)s)")
   parser.add_argument("--skip-train", action="store_true", help="time the forward pass only")
+  parser.add_argument("--accumulate", type=_positive_int, default=1,
+                      help="split each training batch into this many micro-batches and average their gradients "
+                           "before one Adam update (for batches that do not fit in memory; default: %(default)s)")
   parser.add_argument("--dtype", choices=DTYPES, default="float32",
                       help="parameter and activation dtype; only float32 is implemented (default: %(default)s)")
   parser.add_argument("--shrink", action="store_true",
@@ -360,6 +384,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   if args.quick:
     for name, value in QUICK.items():
       setattr(args, name, value)
+  bad = [b for b in args.batch_sizes if b % args.accumulate]
+  if bad:
+    build_parser().error(f"--accumulate {args.accumulate} must divide every batch size; {bad} do not")
   return args
 
 
@@ -424,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   print(f"{environment} | {' | '.join(count_text(n) for n in args.models)}", flush=True)
   print(f"settings: batch sizes {','.join(map(str, args.batch_sizes))} | repeats {args.repeats} (median, after "
         f"1 warm-up) | dtype {args.dtype} | {'forward only' if args.skip_train else 'forward + train step'}"
+        + (f" | gradients accumulated over {args.accumulate} micro-batches" if args.accumulate > 1 else "")
         + (" | SHRUNK networks" if args.shrink else ""), flush=True)
   results = dict(args=vars(args), environment=environment, params=counts, results={})
 
@@ -438,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"{name}: {MODELS[name][1]}, {MODELS[name][0]} | sde {type(sde).__name__} | image {shape} | loss dsm, "
           f"reduce_mean {t.reduce_mean}, likelihood_weighting {t.likelihood_weighting} | dropout "
           f"{config.model.dropout}", flush=True)
-    step_fn = make_train_step(model, sde, config, optimizer)
+    step_fn = make_train_step(model, sde, config, optimizer, accumulate=args.accumulate)
     results["results"][name] = {}
     for batch in args.batch_sizes:
       key_x, key_t = jax.random.split(jax.random.fold_in(key_data, batch))
