@@ -34,6 +34,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.eps = 1e-5  # score_jax: smallest t drawn in training (the original's hard-coded eps)
   training.n_projections = 1  # score_jax: random projections per example for the ssm / ssm_vr losses
   training.overwrite = False  # score_jax: never replace a trained model in --workdir unless asked to
+  training.parallel = "jit"  # score_jax: data parallelism by 'jit' over a device mesh, or 'pmap' (the original's)
+  training.bf16 = False  # score_jax: run the network in bfloat16 (fp32 master weights, fp32 loss)
+  training.keep_snapshots = 0  # score_jax: periodic snapshots kept (the newest); 0 keeps all, as the original
+  training.snapshot_num_samples = 64  # score_jax: samples in the grid written at each snapshot
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
@@ -55,6 +59,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.enable_loss = True
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
+  evaluate.bpd_num_repeats = 5  # score_jax: passes over the split for bits/dim (the original's hard-coded 5)
+  evaluate.bpd_num_examples = 0  # score_jax: examples per pass for loss and bits/dim; 0 = the whole split
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CELEBA"
@@ -63,6 +69,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   data.centered = False
   data.uniform_dequantization = False
   data.num_channels = 3
+  data.root = ""  # score_jax: images for data.dataset 'folder' (folder or .tar.gz) or 'npz' (.npz file)
+  data.data_dir = ""  # score_jax: tfds data_dir ('' = $TFDS_DATA_DIR, else ~/tensorflow_datasets)
 
   config.model = model = ml_collections.ConfigDict()
   model.sigma_min = 0.01

@@ -285,6 +285,10 @@ class Checkpointer:
     for s in sorted(set(stale)):
       self._delete(s)
 
+  def check_compatible(self) -> None:
+    """ValueError if the newest readable checkpoint in the directory belongs to another config (reads metadata only)."""
+    self._check_directory_compatible()
+
   def _check_directory_compatible(self) -> None:
     """Refuse to write into a directory whose newest readable checkpoint belongs to another config."""
     for step in reversed(self.all_steps()):

@@ -38,6 +38,14 @@ SCORE_JAX_FIELDS = {
     "sampling.snr_reduction": "batch",
     "sampling.ode_rtol": 1e-5,
     "sampling.ode_atol": 1e-5,
+    "training.parallel": "jit",
+    "training.bf16": False,
+    "training.keep_snapshots": 0,
+    "training.snapshot_num_samples": 64,
+    "eval.bpd_num_repeats": 5,
+    "eval.bpd_num_examples": 0,
+    "data.root": "",
+    "data.data_dir": "",
 }
 SCORE_JAX_DERIVED = {"training.loss"}  # checked by test_training_loss_follows_sde_and_continuous
 

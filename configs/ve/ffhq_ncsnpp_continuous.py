@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   training.eps = 1e-5
   training.n_projections = 1
   training.overwrite = False
+  training.parallel = "jit"
+  training.bf16 = False
+  training.keep_snapshots = 0
+  training.snapshot_num_samples = 64
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
@@ -57,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   evaluate.num_samples = 50000
   evaluate.begin_ckpt = 1
   evaluate.end_ckpt = 96
+  # score_jax-only fields (the same as in configs/default_*_configs.py):
+  evaluate.bpd_num_repeats = 5
+  evaluate.bpd_num_examples = 0
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "FFHQ"
@@ -65,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.random_flip = True
   data.uniform_dequantization = False
   data.num_channels = 3
+  data.root = ""  # score_jax-only, as in configs/default_*_configs.py
+  data.data_dir = ""  # score_jax-only
   data.tfrecords_path = "/raid/song/ffhq-dataset/ffhq/ffhq-r10.tfrecords"
 
   config.model = model = ml_collections.ConfigDict()

@@ -1,0 +1,680 @@
+"""Train, evaluate and sample the image score models: what ``python -m score_jax.main`` runs for image configs.
+
+Everything is driven by one config (the original's field names, see ``configs/``) and one work directory::
+
+  DIR/checkpoints/<step>/          orbax checkpoints (score_jax.checkpoints): params, EMA, optimizer state, step
+  DIR/tensorboard/                 TensorBoard scalars and sample grids (tensorboardX: no TensorFlow needed)
+  DIR/train_log.jsonl              one JSON line per logged step (loss, grad norm, images/s, eval loss)
+  DIR/snapshots/step_<k>/          sample grid (grid.png) and samples (samples.npz) at each periodic snapshot
+  DIR/eval/<checkpoint>.json       --mode eval: test loss and bits/dim, each with its standard error
+  DIR/samples/<checkpoint>_<method>/  --mode sample: samples_<start>.npz chunks, grid.png, meta.json
+
+Randomness comes from ``config.seed`` alone: ``fold_in(PRNGKey(seed), stream)`` gives the initialisation,
+training, snapshot-sampling, evaluation and sampling keys; step ``s`` of training folds in ``s`` and each
+example its index in the global batch (see :mod:`score_jax.train`), and sample ``i`` of ``--mode sample``
+draws from ``fold_in(key, i)``. So a resumed run continues exactly, and the numbers do not depend on the
+device count (nor, for samples, on ``eval.batch_size``; see :func:`sample` for the one exception).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from score_jax import builders, checkpoints, datasets, fileio, likelihood, models, parallel, sampling, sde_lib, train
+
+__all__ = ["Experiment", "setup", "train_and_evaluate", "dry_run", "evaluate", "sample", "load_samples",
+           "summary_line", "STREAM_INIT", "STREAM_TRAIN", "STREAM_SNAPSHOT", "STREAM_EVAL", "STREAM_SAMPLE"]
+
+log = logging.getLogger(__name__)
+
+# Independent key streams folded into PRNGKey(config.seed).
+STREAM_INIT, STREAM_TRAIN, STREAM_SNAPSHOT, STREAM_EVAL, STREAM_SAMPLE, STREAM_BPD = range(6)
+SAMPLING_METHODS = ("pc", "ode")
+_GRID_MAX = 64  # images in a PNG grid
+
+
+# ---- building ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """The parts of a run built from its config (no parameters yet).
+
+  Attributes:
+    config: the experiment config.
+    model, sde, optimizer: the flax network, the SDE and the optax transformation.
+    parallel_mode: ``'jit'`` or ``'pmap'`` (``training.parallel``).
+    n_devices: devices the batch is split over.
+    image_shape: ``(H, W, C)`` of one example.
+    abstract_state: the :class:`score_jax.train.TrainState` as shapes and dtypes (``jax.eval_shape``).
+    n_params: number of network parameters.
+  """
+
+  config: ml_collections.ConfigDict
+  model: Any
+  sde: sde_lib.SDE
+  optimizer: Any
+  parallel_mode: str
+  n_devices: int
+  image_shape: tuple[int, int, int]
+  abstract_state: train.TrainState
+  n_params: int
+
+  @property
+  def continuous(self) -> bool:
+    return bool(self.config.training.continuous)
+
+  def key(self, stream: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(self.config.seed), stream)
+
+
+def _positive_int(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int; got {value!r}.")
+  return int(value)
+
+
+def _non_negative_int(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(f"{name} must be a non-negative int (0 = off); got {value!r}.")
+  return int(value)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raise ValueError naming the field for settings the image pipeline cannot run, before any work."""
+  t = config.training
+  seed = config.get("seed", None)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
+  n = _positive_int(t.n_jitted_steps, "training.n_jitted_steps")
+  _positive_int(t.batch_size, "training.batch_size")
+  _positive_int(t.n_iters, "training.n_iters")
+  _positive_int(t.log_freq, "training.log_freq")
+  _non_negative_int(t.get("eval_freq", 0), "training.eval_freq")
+  for name in ("snapshot_freq", "snapshot_freq_for_preemption"):
+    value = _non_negative_int(t.get(name, 0), f"training.{name}")
+    if value % n:
+      raise ValueError(f"training.{name}={value} is not a multiple of training.n_jitted_steps={n}: checkpoints are "
+                       f"written between fused calls of {n} steps, so this one would never fall due. Use a multiple "
+                       f"of {n} (e.g. {max(n, value // n * n)}).")
+  _non_negative_int(t.get("keep_snapshots", 0), "training.keep_snapshots")
+  _positive_int(t.get("snapshot_num_samples", _GRID_MAX), "training.snapshot_num_samples")
+  if t.get("parallel", "jit") not in parallel.MODES:
+    raise ValueError(f"training.parallel={t.parallel!r}; expected one of {list(parallel.MODES)}.")
+  method = config.sampling.method
+  if method not in SAMPLING_METHODS:
+    raise ValueError(f"sampling.method={method!r}; expected one of {list(SAMPLING_METHODS)}.")
+  e = config.eval
+  _positive_int(e.batch_size, "eval.batch_size")
+  _positive_int(e.num_samples, "eval.num_samples")
+  _positive_int(e.get("bpd_num_repeats", 1), "eval.bpd_num_repeats")
+  _non_negative_int(e.get("bpd_num_examples", 0), "eval.bpd_num_examples")
+  if e.get("bpd_dataset", "test") not in ("train", "test"):
+    raise ValueError(f"eval.bpd_dataset={e.bpd_dataset!r}; expected 'train' or 'test'.")
+  if config.data.dataset not in datasets.DATASETS:
+    raise ValueError(f"data.dataset={config.data.dataset!r}; expected one of {sorted(datasets.DATASETS)}.")
+
+
+def setup(config: ml_collections.ConfigDict) -> Experiment:
+  """Check ``config`` and build its network, SDE and optimizer; the state only as shapes (cheap)."""
+  check_config(config)
+  sde = builders.build_sde(config)
+  model = builders.build_model(config)
+  optimizer = builders.build_optimizer(config)
+  train.loss_kind(config, sde)  # the objective must be defined for this SDE
+  builders.sampler_kwargs(config)  # predictor / corrector names
+  mode = config.training.get("parallel", "jit")
+  n_devices = jax.device_count() if mode == "jit" else jax.local_device_count() * jax.process_count()
+  parallel.check_batch_size(config.training.batch_size, n_devices, "training.batch_size")
+  d = config.data
+  image_shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
+  abstract = jax.eval_shape(lambda k: train.init_train_state(k, config, model, optimizer),
+                            jax.random.PRNGKey(0))
+  n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract.params))
+  return Experiment(config=config, model=model, sde=sde, optimizer=optimizer, parallel_mode=mode,
+                    n_devices=n_devices, image_shape=image_shape, abstract_state=abstract, n_params=n_params)
+
+
+def summary_line(exp: Experiment, mode: str, extra: str = "") -> str:
+  """One line: devices, batch, parameter count, model / SDE / objective."""
+  c = exp.config
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  per_device = c.training.batch_size // exp.n_devices
+  line = (f"score_jax {mode}: {exp.n_devices} x {'/'.join(kinds)} ({jax.default_backend()}, parallel="
+          f"{exp.parallel_mode}, {jax.process_count()} host(s)) | batch {c.training.batch_size} ({per_device} per "
+          f"device) | {exp.n_params:,} params | {c.model.name} {type(exp.sde).__name__} "
+          f"{train.loss_kind(c, exp.sde)}{' bf16' if c.training.get('bf16', False) else ''} | seed {c.seed}")
+  return f"{line} | {extra}" if extra else line
+
+
+def _as_dict(state: train.TrainState) -> dict:
+  return dict(step=state.step, params=state.params, ema_params=state.ema_params, opt_state=state.opt_state)
+
+
+def _checkpointer(exp: Experiment, workdir) -> checkpoints.Checkpointer:
+  config = ml_collections.ConfigDict(exp.config)
+  with config.unlocked():  # 0 keeps all snapshots, as the original
+    config.training.keep_snapshots = exp.config.training.get("keep_snapshots", 0) or None
+  return checkpoints.Checkpointer.from_config(config, workdir, template=_as_dict(exp.abstract_state))
+
+
+def _score_fn(exp: Experiment, params):
+  return models.get_score_fn(exp.sde, exp.model, {"params": params}, train=False, continuous=exp.continuous)
+
+
+def _to_uint8(exp: Experiment, x) -> np.ndarray:
+  x = datasets.inverse_scale(np.asarray(x, np.float32), bool(exp.config.data.centered))
+  return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def make_sample_fn(exp: Experiment, batch_size: int):
+  """``fn(params, key, offset) -> (samples [batch_size, H, W, C] float, nfe)`` with ``sampling.method``, jitted.
+
+  Sample ``offset + b`` draws all its noise from ``fold_in(key, offset + b)``.
+  """
+  c = exp.config
+  shape = (batch_size,) + exp.image_shape
+  if c.sampling.method == "pc":
+    kwargs = builders.sampler_kwargs(c)
+    nfe = sampling.pc_nfe(exp.sde.N, kwargs["n_steps"])
+
+    def fn(params, key, offset):
+      x, _ = sampling.pc_sample(key, exp.sde, _score_fn(exp, params), shape, sample_offset=offset, **kwargs)
+      return x, jnp.asarray(nfe)
+  else:
+    s = c.sampling
+
+    def fn(params, key, offset):
+      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(batch_size))
+      z = jax.vmap(lambda k: exp.sde.prior_sampling(k, exp.image_shape))(keys)
+      return sampling.ode_sample(None, exp.sde, _score_fn(exp, params), shape, z=z, rtol=s.ode_rtol,
+                                 atol=s.ode_atol, eps=s.eps, denoise=s.noise_removal)
+
+  if exp.n_devices > 1 and batch_size % exp.n_devices == 0 and jax.process_count() == 1:
+    mesh = parallel.make_mesh()
+    out = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.AXIS_NAME)),
+           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return jax.jit(fn, out_shardings=out)
+  return jax.jit(fn)
+
+
+# ---- TensorBoard and the JSON log ---------------------------------------------------------------------------
+
+
+class _Writer:
+  """TensorBoard (tensorboardX) scalars and images plus ``train_log.jsonl``; a no-op except on host 0."""
+
+  def __init__(self, workdir: pathlib.Path, enabled: bool):
+    self._tb = None
+    self._log_path = workdir / "train_log.jsonl"
+    self.enabled = enabled
+    if enabled:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    for name, value in values.items():
+      self._tb.add_scalar(name, value, step)
+    with open(self._log_path, "a") as f:
+      f.write(json.dumps(dict(step=step, time=time.time(), **values)) + "\n")
+
+  def image(self, step: int, name: str, grid: np.ndarray) -> None:
+    if self.enabled:
+      self._tb.add_image(name, grid, step, dataformats="HWC")
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+
+def _crossed(before: int, after: int, freq: int) -> bool:
+  """Whether a multiple of ``freq`` lies in ``(before, after]``."""
+  return freq > 0 and after // freq > before // freq
+
+
+def _abstract_batch(exp: Experiment) -> jax.ShapeDtypeStruct:
+  t = exp.config.training
+  return jax.ShapeDtypeStruct((t.n_jitted_steps, t.batch_size) + exp.image_shape, jnp.float32)
+
+
+def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool = True) -> dict:
+  """Build everything a training run needs and trace one fused train step, without computing or writing anything.
+
+  Checks the config fields (:func:`check_config`), builds the network, SDE, objective, optimizer and sampler,
+  traces ``training.n_jitted_steps`` fused steps on abstract arrays (``jax.eval_shape``: shapes only), opens
+  the training data (``check_data``) and, when ``workdir`` already holds checkpoints, checks that they belong
+  to this config. Raises the error a real run would raise first.
+
+  Returns:
+    a summary: parameter count, devices, the data's size (or None), the checkpoint to resume from (or None).
+  """
+  exp = setup(config)
+  step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer)
+  fused = train.make_fused_train_step(step_fn)
+  jax.eval_shape(fused, exp.abstract_state, _abstract_batch(exp), jax.random.PRNGKey(0))
+  make_sample_fn(exp, 1)  # builds (traces lazily) the configured sampler
+  num_examples = len(datasets.get_dataset(config, "train", num_threads=1)) if check_data else None
+  resume = None
+  if workdir is not None and (pathlib.Path(workdir) / checkpoints.SUBDIR).is_dir():
+    with _checkpointer(exp, workdir) as ckpts:
+      ckpts.check_compatible()
+      resume = ckpts.latest_step()
+  return dict(n_params=exp.n_params, n_devices=exp.n_devices, parallel=exp.parallel_mode,
+              train_examples=num_examples, resume_step=resume, summary=summary_line(exp, "dry run"))
+
+
+def _nan_error(metrics, step: int, n: int, ckpts: checkpoints.Checkpointer) -> FloatingPointError | None:
+  values = np.asarray(metrics["loss"])
+  finite = np.isfinite(values)
+  if finite.all():
+    return None
+  bad = step - n + int(np.argmin(finite)) + 1
+  latest = ckpts.latest_step()
+  where = f"{ckpts.directory / str(latest)} (step {latest})" if latest is not None else "none (no checkpoint yet)"
+  return FloatingPointError(
+      f"the training loss is {values[np.argmin(finite)]} at step {bad}; stopping without saving. Last good "
+      f"checkpoint: {where}. Lower optim.lr or raise optim.warmup, or try training.bf16=False, and resume.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
+                       step_lines: bool = False) -> dict:
+  """Train ``config`` in ``workdir``, resuming from its newest valid checkpoint (``--mode train``).
+
+  Every ``training.log_freq`` steps the mean loss and gradient norm of the steps since the last log go to
+  TensorBoard and ``train_log.jsonl``; every ``training.eval_freq`` steps the loss of one evaluation batch
+  (EMA parameters, no dropout); checkpoints as configured (:mod:`score_jax.checkpoints`), and at each
+  periodic snapshot a grid of ``training.snapshot_num_samples`` samples when ``training.snapshot_sampling``.
+  SIGTERM saves a checkpoint at the end of the current fused call and returns. A non-finite loss raises
+  FloatingPointError naming the step and the last good checkpoint; nothing is saved after it.
+
+  Training runs ``training.n_iters`` steps rounded down to a multiple of ``training.n_jitted_steps``.
+
+  Args:
+    step_lines: print ``step N`` after each fused call (for :func:`score_jax.checkpoints.run_with_kills`).
+
+  Returns:
+    a summary: final step, last logged loss, steps/s of this session, whether it stopped early.
+  """
+  exp = setup(config)
+  t = config.training
+  n = int(t.n_jitted_steps)
+  n_iters = t.n_iters // n * n
+  if n_iters == 0:
+    raise ValueError(f"training.n_iters={t.n_iters} is less than training.n_jitted_steps={n}: nothing to train.")
+  workdir = pathlib.Path(workdir)
+  train_ds = datasets.get_dataset(config, "train")
+  eval_freq = int(t.get("eval_freq", 0) or 0)
+  eval_ds = datasets.get_dataset(config, "eval") if eval_freq else None
+  mode = exp.parallel_mode
+  ckpts = _checkpointer(exp, workdir)
+  restored = ckpts.restore_latest()  # refuses another config's checkpoints before anything is written
+  if restored is None:
+    state = train.init_train_state(exp.key(STREAM_INIT), config, exp.model, exp.optimizer)
+  else:
+    state = train.TrainState(**restored)
+  start = int(state.step)
+  if start % n:
+    raise ValueError(f"the checkpoint is at step {start}, not a multiple of training.n_jitted_steps={n}; resume "
+                     f"with the n_jitted_steps it was trained with.")
+  axis_name = parallel.AXIS_NAME if mode == "pmap" else None
+  step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer, axis_name=axis_name)
+  pstep = parallel.make_parallel_train_step(config, step_fn, mode)
+  state = parallel.replicate(state, mode)
+  train_key = exp.key(STREAM_TRAIN)
+  is_main = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+  writer = _Writer(workdir, enabled=is_main)
+  eval_loss_fn = jax.jit(train.make_eval_loss_fn(config, exp.model, exp.sde)) if eval_freq else None
+  sample_fn = None
+  extra = f"steps {start} -> {n_iters} ({n} per call) | workdir {workdir}"
+  line = summary_line(exp, "train", extra)
+  log.info(line)
+  print(line, flush=True)
+
+  checkpoints.install_sigterm_handler()
+  batches = train_ds.iterate(start)
+  window: list[np.ndarray] = []
+  window_norms: list[np.ndarray] = []
+  last_loss, stopped = None, False
+  t_session, t_window, step_window = time.time(), time.time(), start
+  bar = tqdm(total=n_iters, initial=start, unit="step", disable=not (progress and is_main), dynamic_ncols=True,
+             desc="train")
+  try:
+    step = start
+    while step < n_iters:
+      xs = np.stack([next(batches)["image"] for _ in range(n)])  # [n, B_host, H, W, C]
+      state, metrics = pstep(state, xs, train_key)
+      step += n
+      error = _nan_error(metrics, step, n, ckpts)
+      if error is not None:
+        raise error
+      window.append(np.asarray(metrics["loss"]))
+      window_norms.append(np.asarray(metrics["grad_norm"]))
+      if _crossed(step - n, step, t.log_freq) or step == n_iters:
+        now = time.time()
+        last_loss = float(np.mean(np.concatenate(window)))
+        values = dict(loss=last_loss, grad_norm=float(np.mean(np.concatenate(window_norms))),
+                      steps_per_s=(step - step_window) / max(now - t_window, 1e-9))
+        values["images_per_s"] = values["steps_per_s"] * t.batch_size
+        writer.scalars(step, values)
+        log.info("step %d: loss %.5g, grad norm %.4g, %.3g steps/s", step, values["loss"], values["grad_norm"],
+                 values["steps_per_s"])
+        window, window_norms, t_window, step_window = [], [], now, step
+      if eval_freq and _crossed(step - n, step, eval_freq):
+        host_state = parallel.unreplicate(state, mode)
+        eval_loss = _eval_batch_loss(exp, eval_loss_fn, host_state.ema_params, eval_ds, step // eval_freq)
+        writer.scalars(step, dict(eval_loss=eval_loss))
+      stop = checkpoints.should_stop()
+      host_state = parallel.unreplicate(state, mode)
+      saved = ckpts.save(_as_dict(host_state), step, force=stop or step == n_iters)
+      if saved and ckpts.is_snapshot(step) and t.get("snapshot_sampling", False):
+        if sample_fn is None:
+          sample_fn = make_sample_fn(exp, int(t.get("snapshot_num_samples", _GRID_MAX)))
+        _write_snapshot(exp, sample_fn, host_state.ema_params, workdir, step, writer)
+      bar.update(n)
+      if last_loss is not None:
+        bar.set_postfix(loss=f"{last_loss:.4g}", refresh=False)
+      if step_lines:
+        print(f"step {step}", flush=True)
+      if stop:
+        stopped = True
+        log.info("SIGTERM: saved the checkpoint of step %d; exiting", step)
+        break
+  finally:
+    bar.close()
+    batches.close()
+    writer.close()
+    ckpts.close()
+  seconds = time.time() - t_session
+  return dict(step=int(step), n_iters=n_iters, loss=last_loss, steps_per_s=(step - start) / max(seconds, 1e-9),
+              seconds=seconds, stopped_early=stopped, checkpoint_dir=str(ckpts.directory))
+
+
+def _eval_batch_loss(exp: Experiment, eval_loss_fn, params, eval_ds: datasets.Dataset, index: int) -> float:
+  index = index % eval_ds.num_eval_batches
+  batch = eval_ds.eval_batch(index)
+  offset = index * eval_ds.global_batch_size
+  losses = np.asarray(eval_loss_fn(params, batch["image"], exp.key(STREAM_EVAL), offset))
+  return float(losses[batch["mask"]].mean())
+
+
+def _write_snapshot(exp: Experiment, sample_fn, params, workdir: pathlib.Path, step: int, writer: _Writer) -> None:
+  x, _ = sample_fn(params, jax.random.fold_in(exp.key(STREAM_SNAPSHOT), step), 0)
+  images = _to_uint8(exp, x)
+  if jax.process_index() != 0:
+    return
+  out = workdir / "snapshots" / f"step_{step}"
+  out.mkdir(parents=True, exist_ok=True)
+  grid = fileio.image_grid(images[:_GRID_MAX])
+  fileio.savez(str(out / "samples.npz"), images=images)
+  fileio.save_png(str(out / "grid.png"), grid)
+  writer.image(step, "samples", grid)
+  log.info("wrote %s", out / "grid.png")
+
+
+# ---- loading parameters for eval and sample ---------------------------------------------------------------
+
+
+def _load_params(exp: Experiment, workdir, checkpoint: str | None) -> tuple[Any, str, int | None]:
+  """EMA parameters to evaluate or sample: ``(params, tag, step)``.
+
+  ``checkpoint``: None (the newest valid checkpoint in ``workdir``), a step number, or the path of an original
+  checkpoint converted with ``python -m score_jax.convert`` (its weights are the original's EMA weights).
+  """
+  if checkpoint not in (None, "", "latest") and not re.fullmatch(r"\d+", str(checkpoint)):
+    from score_jax import convert
+
+    path = pathlib.Path(checkpoint).expanduser()
+    if not path.is_dir():
+      raise FileNotFoundError(f"--checkpoint={checkpoint!r} is neither a step number nor a converted checkpoint "
+                              "directory (python -m score_jax.convert ... writes one).")
+    params = jax.tree_util.tree_map(jnp.asarray, convert.load_converted(path, exp.config)["params"])
+    return params, f"converted_{path.name}", None
+  directory = pathlib.Path(workdir) / checkpoints.SUBDIR
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no checkpoints in {directory}: train first (--mode train), or pass --checkpoint=PATH "
+                            "of an original checkpoint converted with python -m score_jax.convert.")
+  with _checkpointer(exp, workdir) as ckpts:
+    if checkpoint in (None, "", "latest"):
+      state = ckpts.restore_latest()
+      if state is None:
+        raise FileNotFoundError(f"no valid checkpoint in {directory} (see the warnings above).")
+    else:
+      state = ckpts.restore(int(checkpoint))
+  step = int(state["step"])
+  return state["ema_params"], f"step_{step}", step
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  se = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
+  return float(values.mean()), se
+
+
+def _eval_limit(config: ml_collections.ConfigDict, ds: datasets.Dataset) -> tuple[int, int]:
+  """(examples, batches) of one evaluation pass: ``eval.bpd_num_examples`` (0 = all) of the split."""
+  cap = int(config.eval.get("bpd_num_examples", 0) or 0)
+  count = min(cap, ds.num_examples) if cap else ds.num_examples
+  return count, math.ceil(count / ds.global_batch_size)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,
+             progress: bool = True) -> dict:
+  """Test-set loss and bits/dim of a checkpoint's EMA parameters (``--mode eval``), each with its standard error.
+
+  - ``eval.enable_loss``: the training objective on the evaluation split (CIFAR-10 / SVHN test, CelebA / LSUN
+    validation), network without dropout, per-example draws from the global index; mean and standard error
+    over the examples.
+  - ``eval.enable_bpd``: bits/dim of uniformly dequantized ``eval.bpd_dataset`` images from the probability-flow
+    ODE (:func:`score_jax.likelihood.bits_per_dim`, Hutchinson-Rademacher trace, tolerances
+    ``sampling.ode_rtol/atol``, from t = 1e-5), with the 8-bit offset (7 bits for centered data);
+    ``eval.bpd_num_repeats`` passes with fresh dequantization noise; mean and standard error over all
+    (example, pass) values.
+
+  ``eval.bpd_num_examples`` (0 = all) limits both to the first examples of the split. The result is written to
+  ``workdir/eval/<checkpoint>.json`` and TensorBoard, and returned.
+  """
+  exp = setup(config)
+  e = config.eval
+  enable_loss, enable_bpd = bool(e.get("enable_loss", True)), bool(e.get("enable_bpd", False))
+  if not (enable_loss or enable_bpd):
+    raise ValueError("nothing to evaluate: set eval.enable_loss=True and/or eval.enable_bpd=True.")
+  eval_ds = datasets.get_dataset(config, "eval", num_threads=4) if enable_loss else None
+  bpd_split = "train" if e.get("bpd_dataset", "test") == "train" else "eval"
+  if enable_bpd:
+    datasets.get_dataset(config, bpd_split, num_threads=1)  # fail on missing data before loading anything
+  params, tag, step = _load_params(exp, workdir, checkpoint)
+  line = summary_line(exp, "eval", f"checkpoint {tag}")
+  log.info(line)
+  print(line, flush=True)
+  result: dict[str, Any] = dict(checkpoint=tag, step=step)
+  t0 = time.time()
+  if enable_loss:
+    result.update(_eval_loss(exp, params, eval_ds, progress))
+  if enable_bpd:
+    result.update(_eval_bpd(exp, params, bpd_split, progress))
+  result["seconds"] = time.time() - t0
+  if jax.process_index() == 0:
+    out = pathlib.Path(workdir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(str(out / f"{tag}.json"), result)
+    writer = _Writer(pathlib.Path(workdir), enabled=True)
+    writer.scalars(step or 0, {f"eval/{k}": v for k, v in result.items() if k in ("loss", "bpd")})
+    writer.close()
+  return result
+
+
+def _eval_loss(exp: Experiment, params, ds: datasets.Dataset, progress: bool) -> dict:
+  fn = jax.jit(train.make_eval_loss_fn(exp.config, exp.model, exp.sde))
+  count, n_batches = _eval_limit(exp.config, ds)
+  values = []
+  for index in tqdm(range(n_batches), desc="eval loss", unit="batch", disable=not progress):
+    batch = ds.eval_batch(index)
+    offset = index * ds.global_batch_size
+    positions = offset + np.arange(batch["image"].shape[0])
+    mask = batch["mask"] & (positions < count)
+    losses = np.asarray(fn(params, batch["image"], exp.key(STREAM_EVAL), offset))
+    values.append(losses[mask])
+  mean, se = _mean_se(np.concatenate(values))
+  return dict(loss=mean, loss_se=se, loss_examples=count)
+
+
+def _eval_bpd(exp: Experiment, params, split: str, progress: bool) -> dict:
+  c = exp.config
+  centered = bool(c.data.centered)
+  kwargs = dict(data_min=-1.0 if centered else 0.0, data_max=1.0, rtol=c.sampling.ode_rtol, atol=c.sampling.ode_atol,
+                eps=1e-5)
+
+  @jax.jit
+  def bpd_fn(params, x, key):
+    bpd, _, nfe = likelihood.bits_per_dim(key, exp.sde, _score_fn(exp, params), x, **kwargs)
+    return bpd, nfe
+
+  ds = datasets.get_dataset(c, split, uniform_dequantization=True, num_threads=4)
+  count, n_batches = _eval_limit(c, ds)
+  repeats = int(c.eval.get("bpd_num_repeats", 1))
+  values, nfes = [], []
+  bar = tqdm(total=repeats * n_batches, desc="bits/dim", unit="batch", disable=not progress)
+  for r in range(repeats):
+    # each pass dequantizes with fresh noise: the dataset's dequantization stream is seeded per pass
+    pass_ds = ds if r == 0 else datasets.get_dataset(c, split, seed=int(c.seed) + r, uniform_dequantization=True,
+                                                      num_threads=4)
+    for index in range(n_batches):
+      batch = pass_ds.eval_batch(index)
+      positions = index * ds.global_batch_size + np.arange(batch["image"].shape[0])
+      mask = batch["mask"] & (positions < count)
+      key = jax.random.fold_in(jax.random.fold_in(exp.key(STREAM_BPD), r), index)
+      bpd, nfe = bpd_fn(params, batch["image"], key)
+      values.append(np.asarray(bpd)[mask])
+      nfes.append(int(nfe))
+      bar.update(1)
+      bar.set_postfix(bpd=f"{np.concatenate(values).mean():.4f}", refresh=False)
+  bar.close()
+  mean, se = _mean_se(np.concatenate(values))
+  return dict(bpd=mean, bpd_se=se, bpd_examples=count, bpd_repeats=repeats, bpd_mean_nfe=float(np.mean(nfes)))
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------
+
+
+def _sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
+  c = exp.config
+  return dict(checkpoint=tag, seed=int(c.seed), sampling=c.sampling.to_dict(), model=c.model.to_dict(),
+              image_shape=list(exp.image_shape), centered=bool(c.data.centered), chunk=chunk)
+
+
+def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,
+           num_samples: int | None = None, progress: bool = True) -> dict:
+  """Draw ``num_samples`` (default ``eval.num_samples``) samples with ``sampling.*`` (``--mode sample``).
+
+  Samples are drawn in chunks of ``eval.batch_size`` and each chunk is saved (uint8 ``[n, H, W, C]`` in
+  ``samples_<start>.npz``, written atomically) as soon as it is done, so a killed run resumes at the first
+  missing chunk. Sample ``i`` draws its noise from ``fold_in(key, i)``: with the predictor-only or
+  ``sampling.snr_reduction='per_example'`` PC samplers the samples do not depend on the chunk size or the
+  device count; the original's Langevin step size (``snr_reduction='batch'``) averages gradient norms over
+  the chunk, and the ODE sampler picks one step size per chunk, so there they change within those
+  tolerances (the chunk size is recorded in ``meta.json`` and a resume must use the same one).
+
+  Args:
+    checkpoint: None (newest), a step, or a converted original checkpoint (see :func:`_load_params`).
+
+  Returns:
+    a summary with the output directory, the number of samples and chunks, and the NFE per sample.
+  """
+  exp = setup(config)
+  num = int(num_samples or config.eval.num_samples)
+  if num < 1:
+    raise ValueError(f"num_samples must be a positive int; got {num_samples!r}.")
+  chunk = int(config.eval.batch_size)
+  params, tag, _ = _load_params(exp, workdir, checkpoint)
+  out = pathlib.Path(workdir) / "samples" / f"{tag}_{config.sampling.method}"
+  meta = _sample_meta(exp, tag, chunk)
+  meta_path = out / "meta.json"
+  if meta_path.exists():
+    found = json.loads(meta_path.read_text())
+    changed = sorted(k for k in set(meta) | set(found) if meta.get(k) != found.get(k))
+    if changed:
+      raise ValueError(f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); use another "
+                       f"--workdir or move that folder away. Nothing was overwritten.")
+  if jax.process_index() == 0:
+    out.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(str(meta_path), meta)
+  line = summary_line(exp, "sample", f"{num} samples in chunks of {chunk} with {config.sampling.method} | {out}")
+  log.info(line)
+  print(line, flush=True)
+  key = exp.key(STREAM_SAMPLE)
+  sample_fn = None
+  written = reused = 0
+  nfe = None
+  t0 = time.time()
+  starts = range(0, num, chunk)
+  for start in tqdm(starts, desc="sample", unit="chunk", disable=not progress):
+    count = min(chunk, num - start)
+    path = out / f"samples_{start:07d}.npz"
+    if _valid_chunk(path, count, exp.image_shape):
+      reused += 1
+      continue
+    if sample_fn is None:
+      sample_fn = make_sample_fn(exp, chunk)
+    x, nfe_chunk = sample_fn(params, key, start)
+    images = _to_uint8(exp, x)[:count]
+    nfe = int(nfe_chunk)
+    if jax.process_index() == 0:
+      fileio.savez(str(path), images=images, index=np.arange(start, start + count))
+    written += 1
+  images = load_samples(out, limit=_GRID_MAX)
+  if jax.process_index() == 0:
+    fileio.save_png(str(out / "grid.png"), fileio.image_grid(images))
+  return dict(directory=str(out), num_samples=num, chunks_written=written, chunks_reused=reused,
+              nfe_per_sample=nfe, seconds=time.time() - t0)
+
+
+def _valid_chunk(path: pathlib.Path, count: int, image_shape) -> bool:
+  if not path.exists():
+    return False
+  try:
+    with np.load(path) as f:
+      return f["images"].shape == (count,) + tuple(image_shape) and f["images"].dtype == np.uint8
+  except Exception as e:  # a truncated or foreign file: redo the chunk
+    log.warning("redoing unreadable chunk %s (%s)", path, e)
+    return False
+
+
+def load_samples(directory, limit: int | None = None) -> np.ndarray:
+  """The uint8 samples ``[N, H, W, C]`` of a ``--mode sample`` directory, in index order (up to ``limit``)."""
+  paths = sorted(pathlib.Path(directory).glob("samples_*.npz"))
+  if not paths:
+    raise FileNotFoundError(f"no samples_*.npz in {directory}")
+  parts, total = [], 0
+  for path in paths:
+    with np.load(path) as f:
+      parts.append(f["images"])
+    total += len(parts[-1])
+    if limit is not None and total >= limit:
+      break
+  images = np.concatenate(parts)
+  return images if limit is None else images[:limit]
+
