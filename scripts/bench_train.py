@@ -351,12 +351,14 @@ def bench(args: argparse.Namespace, config: ml_collections.ConfigDict) -> dict:
   state, metrics = compiled(state, xs, key_train)  # warm-up
   jax.block_until_ready((state, metrics))
   warmup_s = time.perf_counter() - start
+  print(f"warm-up call {warmup_s:.2f} s", flush=True)
   times = []
-  for _ in range(args.steps):
+  for i in range(args.steps):
     start = time.perf_counter()
     state, metrics = compiled(state, xs, key_train)
     jax.block_until_ready((state, metrics))
     times.append((time.perf_counter() - start) / n_jitted)
+    print(f"  call {i + 1}/{args.steps}: {times[-1]:.4f} s per step", flush=True)
   loss = float(np.asarray(metrics["loss"]).reshape(-1)[-1])
   if not math.isfinite(loss):
     raise RuntimeError(f"the training step produced a non-finite loss {loss}")
