@@ -14,8 +14,8 @@ once untimed, then ``--steps`` times with ``block_until_ready`` after each call,
 and threaded through. One call runs ``n_jitted_steps`` optimizer steps (1 here unless
 ``--config.training.n_jitted_steps`` says otherwise); every number is per optimizer step: ``step_s`` is the
 median call time / n_jitted_steps and ``images_per_s`` = B / ``step_s``. FLOPs come from XLA's
-``cost_analysis()`` of the compiled call (one device's program, which counts the scan's body, one step,
-once; ``flops_per_step`` is that times the device count); on a GPU in ``bench_networks.PEAK_FLOPS`` the model FLOPs
+``cost_analysis()`` of one device's program of one step (see :func:`_flops_per_device_step`);
+``flops_per_step`` is that times the device count. On a GPU in ``bench_networks.PEAK_FLOPS`` the model FLOPs
 utilisation is reported against the peak of the compute dtype (bf16 with ``--bf16``; float32 against
 both the TF32 tensor-core and the FP32 peak).
 
@@ -285,6 +285,23 @@ def _compiled_core(pstep: Callable) -> Any:
                      "closure; update _compiled_core in scripts/bench_train.py")
 
 
+def _flops_per_device_step(core, compiled, state, xs, key: jax.Array, n_jitted: int, mode: str) -> float | None:
+  """XLA's FLOPs of one optimizer step on one device (B / n_devices images), or None if XLA gives none.
+
+  XLA's cost analysis is of one device's program. With ``n_jitted_steps = 1`` the compiled call is one step.
+  With more, the call is a ``lax.scan`` that may stay a loop, whose body the analysis counts once, or be
+  unrolled (``train.make_fused_train_step`` unrolls on CPU), so its count is ambiguous; the program of one
+  step is then lowered (not compiled) and its pre-optimisation HLO is counted instead.
+  """
+  if n_jitted == 1:
+    return bench_networks._flops(compiled)
+  if mode == "pmap":
+    one = xs[:, :1]  # [devices, 1, B / devices, H, W, C]
+  else:
+    one = jax.ShapeDtypeStruct((1,) + xs.shape[1:], xs.dtype, sharding=xs.sharding)  # [1, B, H, W, C]
+  return bench_networks._flops(core.lower(state, one, key))
+
+
 def _random_images(key: jax.Array, config: ml_collections.ConfigDict, n: int, batch: int) -> np.ndarray:
   """Random images ``[n, B, H, W, C]`` float32, scaled like data: uniform in [-1, 1] if centered, else [0, 1]."""
   d = config.data
@@ -329,9 +346,7 @@ def bench(args: argparse.Namespace, config: ml_collections.ConfigDict) -> dict:
   start = time.perf_counter()
   compiled = core.lower(state, xs, key_train).compile()
   compile_s = time.perf_counter() - start
-  # XLA's cost analysis is of one device's program and counts the body of the steps' lax.scan once, i.e.
-  # one optimizer step on B / n_devices images (checked: n_jitted_steps 1, 2 and 3 give the same count).
-  flops_per_device = bench_networks._flops(compiled)
+  flops_per_device = _flops_per_device_step(core, compiled, state, xs, key_train, n_jitted, mode)
   flops_per_step = flops_per_device * n_devices if flops_per_device else None
   bf16 = bool(config.training.get("bf16", False))
   result = dict(images_per_s=None, step_s=None, compile_s=compile_s, device=f"{device.platform}:{device.device_kind}",
