@@ -1,12 +1,19 @@
 """The benchmark scripts run end to end and return their numbers (smoke tests; no speed is asserted).
 
-The scripts are not a package, so they are loaded from their files. Together these take about 40 s on
-2 CPU cores, almost all of it XLA compilation of the training step.
+The scripts are not a package, so they are loaded from their files. Together these take about 90 s on
+2 CPU cores, almost all of it XLA compilation of training steps. The test of the PyTorch baseline script is
+marked slow and needs a checkout of the original (``SCORE_SDE_PYTORCH``).
 """
 
 import importlib.util
+import json
 import math
+import os
 import pathlib
+import subprocess
+import sys
+
+import pytest
 
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 
@@ -40,3 +47,63 @@ def test_bench_sampling_quick():
   assert _positive(out["speedup_raw"]) and _positive(out["speedup_per_nfe"]), out
   assert out["ode_device"]["nfe"] > 0 and out["ode_scipy"]["nfe"] > 0
   assert _positive(out["pc"]["samples_per_s"])
+
+
+# ---- scripts/bench_train.py and scripts/bench_train_torch.py -------------------------------------------
+
+_ROOT = SCRIPTS.parent
+_DDPMPP = str(_ROOT / "configs" / "vp" / "cifar10_ddpmpp_continuous.py")
+
+
+def _json_line(stdout: str) -> dict:
+  """The last line of ``stdout`` parsed as JSON: the bench_train* scripts' machine-readable result."""
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _check_train_json(out: dict) -> None:
+  for name in ("images_per_s", "step_s"):
+    assert _positive(out[name]), (name, out)
+  assert isinstance(out["device"], str) and out["device"], out
+  assert math.isclose(out["images_per_s"] * out["step_s"], out["batch"], rel_tol=1e-6), out
+
+
+def test_bench_train_shrunk_prints_json_line(capsys):
+  # The shrunk DDPM++ step takes ~20 s to compile on 2 CPU cores.
+  result = _load_script("bench_train").main(["--shrink", "--batch", "2", "--steps", "2", "--config", _DDPMPP])
+  out = _json_line(capsys.readouterr().out)
+  _check_train_json(out)
+  assert _positive(out["compile_s"]), out
+  assert out["batch"] == 2 and out["n_jitted_steps"] == 1 and _positive(out["flops_per_step"]), out
+  assert out == json.loads(json.dumps(result))
+
+
+def test_bench_train_rejects_bad_input_before_compiling(capsys):
+  bench = _load_script("bench_train")
+  with pytest.raises(SystemExit) as exit_info:
+    bench.main(["--shrink", "--batch", "2", "--steps", "1", "--config", _DDPMPP, "--config.model.no_such_field=3"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "unknown config key --config.model.no_such_field" in err and "'no_such_field'" in err, err
+  # A batch that does not split over the devices: 2 host devices in a fresh process.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_train.py"), "--shrink", "--batch", "3", "--steps", "1",
+                         "--config", _DDPMPP], capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  assert "--batch 3 is not divisible by the number of devices 2" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_train_torch_shrunk_original():
+  """The original PyTorch step (needs torch and a score_sde_pytorch checkout in $SCORE_SDE_PYTORCH)."""
+  pytest.importorskip("torch")
+  original = os.environ.get("SCORE_SDE_PYTORCH")
+  if not original or not pathlib.Path(original, "losses.py").is_file():
+    pytest.skip("set SCORE_SDE_PYTORCH to a checkout of yang-song/score_sde_pytorch")
+  # A subprocess: the original's top-level `configs` package would clash with score_jax's in this process.
+  proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_train_torch.py"), "--original", original, "--shrink",
+                         "--batch", "2", "--steps", "2", "--config", "configs/vp/cifar10_ddpmpp_continuous.py"],
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  out = _json_line(proc.stdout)
+  _check_train_json(out)
+  assert out["compile_s"] == 0.0 and out["implementation"] == "score_sde_pytorch", out
