@@ -206,12 +206,14 @@ class Checkpointer:
 
   @classmethod
   def from_config(cls, config, workdir, template) -> "Checkpointer":
-    """A checkpointer set by ``config.training`` (snapshot frequencies, ``keep_snapshots``) and ``config.seed``."""
+    """A checkpointer set by ``config.training`` (snapshot frequencies, ``keep_snapshots``: 0 or None keeps all)
+    and ``config.seed``."""
     t = config.training
     sections = {s: config[s].to_dict() for s in FINGERPRINT_SECTIONS if s in config}
     return cls(workdir, template, snapshot_freq=t.get("snapshot_freq", None),
                preemption_freq=t.get("snapshot_freq_for_preemption", None),
-               keep_snapshots=t.get("keep_snapshots", None), config_sections=sections, seed=config.get("seed", None))
+               keep_snapshots=t.get("keep_snapshots", None) or None, config_sections=sections,
+               seed=config.get("seed", None))
 
   # -- listing --
 
@@ -357,6 +359,10 @@ class Checkpointer:
       state = self._mngr.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(
           self._abstract)}))[STATE_ITEM]
     except Exception as e:  # truncated or missing array files surface as tensorstore/orbax errors of many kinds
+      if "Structure mismatch" in str(e):  # a whole checkpoint of another state tree, e.g. another optimizer
+        raise ValueError(f"checkpoint {path} holds a state tree that differs from this config's (an optim.* change "
+                         f"such as grad_clip or weight_decay changes the optimizer state): {str(e)[:300]}. Resume "
+                         "with the config it was written with, or use a new workdir. Nothing was overwritten.") from e
       raise CheckpointCorruptError(f"{path}: unreadable arrays ({type(e).__name__}: {str(e)[:300]})") from e
     got = jax.tree.map(lambda x: (np.shape(x), np.dtype(x.dtype)), state)
     want = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), self._abstract)

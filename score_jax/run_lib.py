@@ -93,13 +93,21 @@ def _non_negative_int(value, name: str) -> int:
   return int(value)
 
 
+def n_jitted_steps(config: ml_collections.ConfigDict):
+  """``training.n_jitted_steps``; 1 where a config has none (the original's standalone CelebA-HQ / FFHQ configs)."""
+  return config.training.get("n_jitted_steps", 1)
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raise ValueError naming the field for settings the image pipeline cannot run, before any work."""
+  if not config.get("model", {}).get("name"):
+    raise ValueError("model.name is not set: configs/default_*_configs.py hold shared defaults, not an experiment; "
+                     "use an experiment config such as configs/ve/cifar10_ncsnpp_continuous.py.")
   t = config.training
   seed = config.get("seed", None)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
-  n = _positive_int(t.n_jitted_steps, "training.n_jitted_steps")
+  n = _positive_int(n_jitted_steps(config), "training.n_jitted_steps")
   _positive_int(t.batch_size, "training.batch_size")
   _positive_int(t.n_iters, "training.n_iters")
   _positive_int(t.log_freq, "training.log_freq")
@@ -166,10 +174,7 @@ def _as_dict(state: train.TrainState) -> dict:
 
 
 def _checkpointer(exp: Experiment, workdir) -> checkpoints.Checkpointer:
-  config = ml_collections.ConfigDict(exp.config)
-  with config.unlocked():  # 0 keeps all snapshots, as the original
-    config.training.keep_snapshots = exp.config.training.get("keep_snapshots", 0) or None
-  return checkpoints.Checkpointer.from_config(config, workdir, template=_as_dict(exp.abstract_state))
+  return checkpoints.Checkpointer.from_config(exp.config, workdir, template=_as_dict(exp.abstract_state))
 
 
 def _score_fn(exp: Experiment, params):
@@ -190,7 +195,9 @@ def make_sample_fn(exp: Experiment, batch_size: int):
   shape = (batch_size,) + exp.image_shape
   if c.sampling.method == "pc":
     kwargs = builders.sampler_kwargs(c)
-    nfe = sampling.pc_nfe(exp.sde.N, kwargs["n_steps"])
+    # score evaluations: one per predictor step, n_steps per corrector step ("none" evaluates nothing)
+    nfe = exp.sde.N * ((kwargs["predictor"] not in (None, "none")) + (kwargs["corrector"] not in (None, "none"))
+                       * kwargs["n_steps"])
 
     def fn(params, key, offset):
       x, _ = sampling.pc_sample(key, exp.sde, _score_fn(exp, params), shape, sample_offset=offset, **kwargs)
@@ -254,16 +261,18 @@ def _crossed(before: int, after: int, freq: int) -> bool:
 
 def _abstract_batch(exp: Experiment) -> jax.ShapeDtypeStruct:
   t = exp.config.training
-  return jax.ShapeDtypeStruct((t.n_jitted_steps, t.batch_size) + exp.image_shape, jnp.float32)
+  return jax.ShapeDtypeStruct((n_jitted_steps(exp.config), t.batch_size) + exp.image_shape, jnp.float32)
 
 
-def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool = True) -> dict:
+def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool = True,
+            trace_step: bool = True) -> dict:
   """Build everything a training run needs and trace one fused train step, without computing or writing anything.
 
   Checks the config fields (:func:`check_config`), builds the network, SDE, objective, optimizer and sampler,
   traces ``training.n_jitted_steps`` fused steps on abstract arrays (``jax.eval_shape``: shapes only), opens
   the training data (``check_data``) and, when ``workdir`` already holds checkpoints, checks that they belong
-  to this config. Raises the error a real run would raise first.
+  to this config. Raises the error a real run would raise first. ``trace_step=False`` skips the trace of the
+  step (the slow part, 3 to 10 s for the full-size networks on a CPU), keeping the shapes of the initialisation.
 
   Returns:
     a summary: parameter count, devices, the data's size (or None), the checkpoint to resume from (or None).
@@ -271,7 +280,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool
   exp = setup(config)
   step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer)
   fused = train.make_fused_train_step(step_fn)
-  jax.eval_shape(fused, exp.abstract_state, _abstract_batch(exp), jax.random.PRNGKey(0))
+  if trace_step:
+    jax.eval_shape(fused, exp.abstract_state, _abstract_batch(exp), jax.random.PRNGKey(0))
   make_sample_fn(exp, 1)  # builds (traces lazily) the configured sampler
   num_examples = len(datasets.get_dataset(config, "train", num_threads=1)) if check_data else None
   resume = None
@@ -317,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
   """
   exp = setup(config)
   t = config.training
-  n = int(t.n_jitted_steps)
+  n = n_jitted_steps(config)
   n_iters = t.n_iters // n * n
   if n_iters == 0:
     raise ValueError(f"training.n_iters={t.n_iters} is less than training.n_jitted_steps={n}: nothing to train.")
@@ -582,8 +592,9 @@ def _eval_bpd(exp: Experiment, params, split: str, progress: bool) -> dict:
 
 def _sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
   c = exp.config
-  return dict(checkpoint=tag, seed=int(c.seed), sampling=c.sampling.to_dict(), model=c.model.to_dict(),
+  meta = dict(checkpoint=tag, seed=int(c.seed), sampling=c.sampling.to_dict(), model=c.model.to_dict(),
               image_shape=list(exp.image_shape), centered=bool(c.data.centered), chunk=chunk)
+  return json.loads(json.dumps(meta))  # as it reads back from meta.json (tuples become lists)
 
 
 def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,

@@ -8,6 +8,12 @@ import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tests build the same small networks many times; the persistent compilation cache turns repeats into loads.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  import tempfile
+
+  jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "score_jax_test_jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("SCORE_JAX_SHARED", ROOT.parent / "shared"))
