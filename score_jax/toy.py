@@ -27,32 +27,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from score_jax import builders, gmm, likelihood, metrics, models, sampling
+from score_jax import builders, fileio, gmm, likelihood, metrics, models, sampling
 
 __all__ = ["train", "evaluate", "sample", "run", "init_state"]
 
 CHECKPOINT = "checkpoint.msgpack"
-
-
-# ---- small I/O helpers: every file is written to a temporary name, then renamed (atomic) ----------------
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
-def _atomic_savefig(fig, path: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  os.replace(tmp, path)
-
-
-def _atomic_savez(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
 
 
 # ---- training --------------------------------------------------------------------------------------------
@@ -130,7 +109,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
       if step % config.training.log_freq == 0:
         logging.info("step %d: loss %.5f", step, losses.mean())
   os.makedirs(workdir, exist_ok=True)
-  _atomic_write_bytes(os.path.join(workdir, CHECKPOINT), flax.serialization.to_bytes(state))
+  fileio.write_bytes(os.path.join(workdir, CHECKPOINT), flax.serialization.to_bytes(state))
   return dict(state=state, loss_history=np.asarray(history), train_seconds=time.time() - start, n_params=n_params)
 
 
@@ -219,16 +198,16 @@ def evaluate(config, state, workdir: str, *, loss_history=None, progress: bool =
 
   from score_jax import plots  # matplotlib only when writing figures
   os.makedirs(workdir, exist_ok=True)
-  _atomic_savefig(plots.samples_figure(true, {k: v["samples"] for k, v in drawn.items()}),
+  fileio.savefig(plots.samples_figure(true, {k: v["samples"] for k, v in drawn.items()}),
                   os.path.join(workdir, "samples.png"))
-  _atomic_savefig(plots.score_field_figure(score_fn, mixture.score_fn(sde), config.eval.score_field_t,
+  fileio.savefig(plots.score_field_figure(score_fn, mixture.score_fn(sde), config.eval.score_field_t,
                                            f"{type(sde).__name__}, t = {config.eval.score_field_t}",
                                            lambda x, t: mixture.marginal_log_prob(sde, x, t)),
                   os.path.join(workdir, "score_field.png"))
   if loss_history is not None:
-    _atomic_savefig(plots.loss_figure(loss_history), os.path.join(workdir, "loss.png"))
-  _atomic_savez(os.path.join(workdir, "samples.npz"), true=true, **{k: v["samples"] for k, v in drawn.items()})
-  _atomic_write_bytes(os.path.join(workdir, "metrics.json"), json.dumps(result, indent=2).encode())
+    fileio.savefig(plots.loss_figure(loss_history), os.path.join(workdir, "loss.png"))
+  fileio.savez(os.path.join(workdir, "samples.npz"), true=true, **{k: v["samples"] for k, v in drawn.items()})
+  fileio.write_bytes(os.path.join(workdir, "metrics.json"), json.dumps(result, indent=2).encode())
   return result
 
 
@@ -254,13 +233,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", *,
     result = evaluate(config, trained["state"], workdir, loss_history=trained["loss_history"], progress=progress)
     result["train_seconds"] = round(trained["train_seconds"], 1)
     result["n_params"] = trained["n_params"]
-    _atomic_write_bytes(os.path.join(workdir, "metrics.json"), json.dumps(result, indent=2).encode())
+    fileio.write_bytes(os.path.join(workdir, "metrics.json"), json.dumps(result, indent=2).encode())
     return result
   state = load_state(config, workdir)
   if mode == "eval":
     return evaluate(config, state, workdir, progress=progress)
   if mode == "sample":
     drawn = sample(config, state, jax.random.fold_in(jax.random.PRNGKey(config.seed), 2), progress=progress)
-    _atomic_savez(os.path.join(workdir, "samples.npz"), **{k: v["samples"] for k, v in drawn.items()})
+    fileio.savez(os.path.join(workdir, "samples.npz"), **{k: v["samples"] for k, v in drawn.items()})
     return {k: dict(nfe=v["nfe"], seconds=v["seconds"]) for k, v in drawn.items()}
   raise ValueError(f"Unknown mode {mode!r}; expected 'train', 'eval' or 'sample'.")

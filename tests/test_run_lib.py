@@ -277,7 +277,7 @@ def test_small_ncsnpp_on_cifar10_learns(tmp_path):
                "model.attn_resolutions": (16,), "model.num_scales": 100, "training.batch_size": 16,
                "training.n_iters": 300, "training.log_freq": 25, "training.eval_freq": 0,
                "training.snapshot_freq": 300, "training.snapshot_freq_for_preemption": 100,
-               "training.snapshot_sampling": False, "optim.lr": 1e-3, "eval.batch_size": 16,
+               "training.snapshot_sampling": False, "optim.lr": 1e-3, "model.ema_rate": 0.99, "eval.batch_size": 16,
                "eval.bpd_num_examples": 16, "eval.bpd_num_repeats": 1}
   config = tiny_config(CIFAR, **overrides)
   result = run_lib.train_and_evaluate(config, tmp_path, progress=False)
