@@ -133,7 +133,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if e.get("bpd_dataset", "test") not in ("train", "test"):
     raise ValueError(f"eval.bpd_dataset={e.bpd_dataset!r}; expected 'train' or 'test'.")
   if config.data.dataset not in datasets.DATASETS:
-    raise ValueError(f"data.dataset={config.data.dataset!r}; expected one of {sorted(datasets.DATASETS)}.")
+    raise ValueError(f"data.dataset={config.data.dataset!r}; expected one of {sorted(datasets.DATASETS)} for image "
+                     "models, or 'gmm2d' (the 2-D default, configs/toy/gmm2d.py).")
 
 
 def setup(config: ml_collections.ConfigDict) -> Experiment:
