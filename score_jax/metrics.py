@@ -62,8 +62,12 @@ def mmd_rbf(x: Array, y: Array, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> Array:
 FID_SQRTM_EPS = 1e-6
 # pytorch-fid / TTUR raise when the diagonal of sqrtm(sigma1 sigma2) has an imaginary part above this.
 FID_SQRTM_IMAG_ATOL = 1e-3
-# Relative asymmetry |sigma - sigma^T| / max|sigma| above which a "covariance" is rejected.
-_SYMMETRY_RTOL = 1e-6
+# Relative asymmetry |sigma - sigma^T| / max|sigma| above which a "covariance" is rejected: float32 round-off of a
+# covariance accumulated over 50k samples stays around 1e-5; a matrix that is not a covariance is off by O(1).
+_SYMMETRY_RTOL = 1e-4
+# Relative size -min(eigenvalue) / max|eigenvalue| above which a matrix is not positive semi-definite; float64
+# round-off of the eigenvalues is ~D * 1e-16, far below this.
+_PSD_RTOL = 1e-8
 # Kernel Inception Distance defaults of Binkowski et al. (2018) and torch-fidelity.
 KID_NUM_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -86,6 +90,8 @@ def _check_stats(mu, sigma, name: str = "") -> tuple[np.ndarray, np.ndarray]:
   """``mu [D]`` and ``sigma [D, D]`` as finite float64 arrays, ``sigma`` symmetrised; ValueError otherwise."""
   mu = _as_finite_float64(mu, f"mu{name}", 1, "a mean vector [D]")
   sigma = _as_finite_float64(sigma, f"sigma{name}", 2, "a covariance matrix [D, D]")
+  if mu.shape[0] < 1:
+    raise ValueError(f"mu{name} must have at least one feature; got shape {mu.shape}.")
   if sigma.shape != (mu.shape[0], mu.shape[0]):
     raise ValueError(f"sigma{name} must be [D, D] with D = len(mu{name}) = {mu.shape[0]}; got shape {sigma.shape}.")
   asymmetry = np.max(np.abs(sigma - sigma.T), initial=0.0)
@@ -94,9 +100,19 @@ def _check_stats(mu, sigma, name: str = "") -> tuple[np.ndarray, np.ndarray]:
   return mu, (sigma + sigma.T) / 2
 
 
-def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+def _check_psd(w: np.ndarray, name: str) -> None:
+  """Raise if the eigenvalues ``w`` are negative beyond round-off."""
+  scale = np.max(np.abs(w), initial=0.0)
+  if w.size and w.min() < -_PSD_RTOL * scale:
+    raise ValueError(
+        f"{name} is not positive semi-definite: smallest eigenvalue {w.min():.3g} (largest |eigenvalue| "
+        f"{scale:.3g}); expected a covariance matrix.")
+
+
+def _psd_sqrt(sigma: np.ndarray, name: str) -> np.ndarray:
   """Symmetric square root of a symmetric PSD matrix; round-off negative eigenvalues count as 0."""
   w, u = np.linalg.eigh(sigma)
+  _check_psd(w, name)
   return (u * np.sqrt(np.clip(w, 0.0, None))) @ u.T
 
 
@@ -107,11 +123,13 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
   eigenvalues and the trace of the square root is the sum of their square roots. Eigenvalues below the numerical
   rank tolerance ``max(w) * D * eps`` (as ``np.linalg.matrix_rank``) are round-off and count as 0: with
   rank-deficient covariances (fewer samples than dimensions) the square roots of that noise would otherwise add
-  up to a visible error (1e-6 relative on the pytorch-fid fixture, 1e-13 with the cut).
+  up to a visible error (1e-6 relative on the pytorch-fid fixture, 6e-13 with the cut).
   """
-  a = _psd_sqrt(sigma1)
+  a = _psd_sqrt(sigma1, "sigma1")
   m = a @ sigma2 @ a
   w = np.linalg.eigvalsh((m + m.T) / 2)
+  # A sigma2 A is PSD when sigma2 is; a clearly negative eigenvalue means sigma2 is not a covariance.
+  _check_psd(w, "sigma1^{1/2} sigma2 sigma1^{1/2} (so sigma2)")
   tol = np.max(np.abs(w), initial=0.0) * w.shape[0] * np.finfo(np.float64).eps
   return float(np.sum(np.sqrt(np.where(w > tol, w, 0.0))))
 
@@ -158,8 +176,9 @@ def fid(mu1, sigma1, mu2, sigma2, *, method: str = "eigh", eps: float = FID_SQRT
     The squared Frechet distance (what is reported as "FID") as a Python float.
 
   Raises:
-    ValueError: shapes other than ``[D]`` / ``[D, D]``, different D on the two sides, non-finite values, a
-      non-symmetric sigma, an unknown method, or (``"sqrtm"``) a large imaginary part.
+    ValueError: shapes other than ``[D]`` / ``[D, D]`` (D >= 1), different D on the two sides, non-finite
+      values, a non-symmetric or (``"eigh"``) not positive semi-definite sigma, an unknown method, or
+      (``"sqrtm"``) a large imaginary part.
   """
   mu1, sigma1 = _check_stats(mu1, sigma1, "1")
   mu2, sigma2 = _check_stats(mu2, sigma2, "2")
@@ -181,12 +200,13 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
   """Inception Score ``exp(E_x KL(p(y|x) || p(y)))`` (Salimans et al. 2016) from classifier logits.
 
   ``p(y|x)`` is the softmax over ALL columns of ``logits``: for the TF-GAN / score_sde Inception graph these are
-  the 1008 logits (1000 ImageNet classes, a background class and 7 unused ones), exactly as TF-GAN's
-  ``classifier_score_from_logits`` (used by the original score_sde) and the OpenAI code (softmax of the 2015 graph,
-  1008 outputs) do; nothing is sliced away. ``p(y)`` is the mean of ``p(y|x)`` within each split. The samples are
-  cut into ``splits`` consecutive parts (``np.array_split``, sizes differing by at most one) and the score is
-  computed per part, as the OpenAI / pytorch-fid-style implementations do with 10 splits. Note that score_sde
-  reports TF-GAN's single score over all 50k samples: pass ``splits=1`` to reproduce that number (std is then 0).
+  its 1008 logits (the 2015 graph's output layer is wider than the 1000 ImageNet classes), and TF-GAN's
+  ``classifier_score_from_logits``, which the original score_sde calls, softmaxes all of them; nothing is sliced
+  away. (The OpenAI reference code also uses all 1008 outputs but forms its logits without the final bias; pass
+  such logits to reproduce it.) ``p(y)`` is the mean of ``p(y|x)`` within each split. The samples are cut into
+  ``splits`` consecutive parts (``np.array_split``, sizes differing by at most one) and the score is computed per
+  part, the OpenAI / torch-fidelity convention with 10 splits. score_sde reports TF-GAN's single score over all
+  50k samples: pass ``splits=1`` to reproduce that number (std is then 0).
 
   Args:
     logits: ``[N, C]`` logits (C = 1008 for the FID Inception network), any float dtype; computed in float64.

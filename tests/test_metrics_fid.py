@@ -250,12 +250,13 @@ def test_fid_rejects_stats_of_another_dimension(rng):
     metrics.fid(mu1, s1, mu2, s2)
 
 
-@pytest.mark.parametrize("case", ["sigma_shape", "mu_rank", "nan", "asymmetric", "method"])
+@pytest.mark.parametrize("case", ["sigma_shape", "mu_rank", "empty", "nan", "asymmetric", "method"])
 def test_fid_rejects_bad_statistics(case):
   mu, sigma = np.zeros(3), np.eye(3)
   args, kwargs, match = {
       "sigma_shape": ((mu, np.eye(4), mu, sigma), {}, r"sigma1 must be \[D, D\] with D = len\(mu1\) = 3"),
       "mu_rank": ((mu[None], sigma, mu, sigma), {}, r"mu1 must be a mean vector \[D\].*\(1, 3\)"),
+      "empty": ((np.zeros(0), np.zeros((0, 0)), mu, sigma), {}, r"mu1 must have at least one feature"),
       "nan": ((mu, sigma, np.array([0.0, np.nan, 0.0]), sigma), {}, r"mu2 contains 1 non-finite"),
       "asymmetric": ((mu, sigma, mu, np.triu(np.ones((3, 3)))), {}, r"sigma2 must be a symmetric"),
       "method": ((mu, sigma, mu, sigma), {"method": "svd"}, r"Unknown FID method 'svd'"),
@@ -264,10 +265,15 @@ def test_fid_rejects_bad_statistics(case):
     metrics.fid(*args, **kwargs)
 
 
-def test_sqrtm_route_rejects_a_large_imaginary_part():
-  # An indefinite "covariance" (symmetric, eigenvalue -1): sqrtm(sigma1 sigma2) is genuinely complex.
+def test_fid_rejects_indefinite_covariances():
+  # A symmetric "covariance" with eigenvalue -1: sqrtm(sigma1 sigma2) is genuinely complex.
+  mu, bad = np.zeros(2), np.diag([1.0, -1.0])
   with pytest.raises(ValueError, match=r"imaginary diagonal part"):
-    metrics.fid(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -1.0]), method="sqrtm")
+    metrics.fid(mu, np.eye(2), mu, bad, method="sqrtm")
+  with pytest.raises(ValueError, match=r"\(so sigma2\) is not positive semi-definite: smallest eigenvalue -1"):
+    metrics.fid(mu, np.eye(2), mu, bad)
+  with pytest.raises(ValueError, match=r"sigma1 is not positive semi-definite: smallest eigenvalue -1"):
+    metrics.fid(mu, bad, mu, np.eye(2))
 
 
 def test_metrics_reject_nan_features_and_bad_logits(rng):
