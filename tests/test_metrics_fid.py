@@ -71,12 +71,35 @@ def test_fid_near_singular_covariances_stay_finite_and_accurate(rng, method):
 
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")
-def test_fid_sqrtm_retries_with_an_offset_when_singular():
-  # Disjoint supports: sigma1 sigma2 = 0, whose sqrtm is not finite in scipy; the eps offset gives a finite value.
+def test_fid_of_disjoint_supports():
+  # sigma1 sigma2 = 0: FID = tr(sigma1) + tr(sigma2).
   s1, s2 = np.diag([1.0, 0.0]), np.diag([0.0, 1.0])
   mu = np.zeros(2)
-  assert metrics.fid(mu, s1, mu, s2, method="eigh") == pytest.approx(2.0, abs=1e-12)
-  assert metrics.fid(mu, s1, mu, s2, method="sqrtm") == pytest.approx(2.0, abs=1e-5)
+  for method in ("eigh", "sqrtm"):
+    assert metrics.fid(mu, s1, mu, s2, method=method) == pytest.approx(2.0, abs=1e-12), method
+
+
+def test_fid_sqrtm_retries_with_an_offset_when_not_finite(monkeypatch, rng):
+  # scipy returns a non-finite sqrtm only for round-off-singular products that are hard to build on purpose, so
+  # the first call is made to fail and the retry must take sqrtm of (sigma1 + eps I)(sigma2 + eps I).
+  d, eps = 5, 1e-3
+  s1, s2 = _random_cov(rng, d), _random_cov(rng, d)
+  calls = []
+  real_sqrtm = scipy.linalg.sqrtm
+
+  def fake_sqrtm(a):
+    calls.append(a)
+    return np.full_like(a, np.nan) if len(calls) == 1 else real_sqrtm(a)
+
+  monkeypatch.setattr(scipy.linalg, "sqrtm", fake_sqrtm)
+  got = metrics.fid(np.zeros(d), s1, np.zeros(d), s2, method="sqrtm", eps=eps)
+  assert len(calls) == 2
+  np.testing.assert_allclose(calls[1], (s1 + eps * np.eye(d)) @ (s2 + eps * np.eye(d)), rtol=1e-12)
+  expected = np.trace(s1 + s2) - 2 * np.trace(np.real(real_sqrtm(calls[1])))
+  assert got == pytest.approx(expected, rel=1e-12)
+  monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a: np.full_like(a, np.inf))
+  with pytest.raises(ValueError, match=r"not finite even with an offset eps=0.001"):
+    metrics.fid(np.zeros(d), s1, np.zeros(d), s2, method="sqrtm", eps=eps)
 
 
 def _fid_fixture():
@@ -286,6 +309,10 @@ def test_metrics_reject_nan_features_and_bad_logits(rng):
     metrics.kid(x, bad)
   with pytest.raises(ValueError, match=r"features1 has D=4 but features2 has D=3"):
     metrics.kid(x, x[:, :3])
+  with pytest.raises(ValueError, match=r"subset_size must be an integer >= 2; got 1"):
+    metrics.kid(x, x, subset_size=1)
+  with pytest.raises(ValueError, match=r"features1 needs at least 2 samples; got shape \(1, 4\)"):
+    metrics.kid(x[:1], x)
   with pytest.raises(ValueError, match=r"logits must be \[N, num_classes\].*\(10, 4, 1\)"):
     metrics.inception_score(x[..., None])
   with pytest.raises(ValueError, match=r"logits must be \[N, num_classes\].*\(4,\)"):
