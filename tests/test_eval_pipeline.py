@@ -1,0 +1,93 @@
+"""FID reference statistics and sample-set metrics (score_jax.eval) with a cheap stand-in feature network.
+
+The stand-in is a fixed random projection of the pixels; what is tested is the pipeline around the
+network: every example counted exactly once (no dropped last batch), exact uint8 round trips, statistics
+files in the common layout, metrics equal to those of score_jax.metrics on the same features, and
+errors before work. The Inception network itself is tested in test_inception.py.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from score_jax import eval as sj_eval
+from score_jax import fileio, metrics
+
+
+def fake_feature_fn(images):
+  """pool3 [N, 6] and logits [N, 4]: fixed projections of the per-image channel means and stds."""
+  images = np.asarray(images, np.float64)
+  assert images.min() >= 0.0 and images.max() <= 1.0
+  summary = np.concatenate([images.mean(axis=(1, 2)), images.std(axis=(1, 2))], axis=1)  # [N, 6]
+  rng = np.random.default_rng(123)
+  pool3 = summary @ rng.normal(size=(6, 6))
+  logits = 5.0 * summary @ rng.normal(size=(6, 4))
+  return dict(pool3=pool3, logits=logits)
+
+
+@pytest.fixture
+def npz_data(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (25, 8, 8, 3), dtype=np.uint8)
+  path = tmp_path / "data.npz"
+  np.savez(path, images=images)
+  return path, images
+
+
+def test_stats_cover_every_example_once(npz_data, tmp_path):
+  path, images = npz_data
+  config = sj_eval._data_config("npz", root=str(path), image_size=8)
+  out = tmp_path / "stats.npz"
+  result = sj_eval.compute_stats(config, "train", fake_feature_fn, str(out), batch_size=10, save_features=True,
+                                 progress=False)
+  assert result["num_examples"] == 25  # 10 + 10 + 5: the last, partial batch counts
+  expected = fake_feature_fn(images.astype(np.float32) / 255.0)["pool3"]
+  with np.load(out) as f:
+    np.testing.assert_allclose(f["pool_3"], expected, rtol=1e-5)
+    assert int(f["num_examples"]) == 25
+  mu, sigma = metrics.load_stats(str(out))
+  np.testing.assert_allclose(mu, expected.mean(0), rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(sigma, np.cov(expected, rowvar=False), rtol=1e-10, atol=1e-12)
+  with pytest.raises(FileExistsError, match="nothing was overwritten"):
+    sj_eval.compute_stats(config, "train", fake_feature_fn, str(out), batch_size=10, progress=False)
+
+
+def test_sample_metrics_match_the_metrics_on_the_same_features(npz_data, tmp_path):
+  path, images = npz_data
+  samples = tmp_path / "samples"
+  samples.mkdir()
+  for start in range(0, 25, 8):  # chunks as run_lib.sample writes them
+    fileio.savez(str(samples / f"samples_{start:07d}.npz"), images=images[start:start + 8])
+  config = sj_eval._data_config("npz", root=str(path), image_size=8)
+  stats = tmp_path / "stats.npz"
+  sj_eval.compute_stats(config, "train", fake_feature_fn, str(stats), batch_size=7, progress=False)
+  result = sj_eval.sample_metrics(samples, fake_feature_fn, stats=str(stats), batch_size=6, is_splits=1,
+                                  reference_features=fake_feature_fn(images / 255.0)["pool3"], progress=False)
+  assert result["num_samples"] == 25
+  assert abs(result["fid"]) <= 1e-6  # the same images as the reference
+  feats = fake_feature_fn(images.astype(np.float32) / 255.0)
+  assert result["inception_score"] == pytest.approx(metrics.inception_score(feats["logits"], splits=1)[0], rel=1e-6)
+  assert np.isfinite(result["kid"])
+  assert sj_eval.sample_metrics(samples, fake_feature_fn, limit=10, progress=False)["num_samples"] == 10
+
+
+def test_cli_errors_before_work(tmp_path, capsys):
+  code = sj_eval.main(["stats", "--dataset", "npz", "--root", str(tmp_path / "missing.npz"), "--weights",
+                       str(tmp_path / "w.npz"), "--out", str(tmp_path / "s.npz"), "--no_progress"])
+  assert code == 1 and "missing.npz" in capsys.readouterr().err
+  existing = tmp_path / "s.npz"
+  existing.write_bytes(b"keep")
+  code = sj_eval.main(["stats", "--dataset", "npz", "--root", "x.npz", "--weights", "w.npz", "--out", str(existing)])
+  assert code == 1 and existing.read_bytes() == b"keep"
+  code = sj_eval.main(["metrics", "--samples", str(tmp_path), "--stats", str(tmp_path / "nope.npz"), "--weights",
+                       "w.npz"])
+  assert code == 1 and "nope.npz" in capsys.readouterr().err
+
+
+def test_images_must_be_uint8_rgb():
+  with pytest.raises(ValueError, match="uint8"):
+    sj_eval.features_of([np.zeros((2, 8, 8, 3), np.float32)], fake_feature_fn, progress=False)
+  with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
+    sj_eval.features_of([np.zeros((2, 8, 8, 1), np.uint8)], fake_feature_fn, progress=False)
+  json.dumps(sj_eval._data_config("npz").to_dict())  # the data config is plain data
