@@ -61,6 +61,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 5  # score_jax: passes over the split for bits/dim (the original's hard-coded 5)
   evaluate.bpd_num_examples = 0  # score_jax: examples per pass for loss and bits/dim; 0 = the whole split
+  evaluate.inception_weights = ""  # score_jax: converted FID Inception .npz ('' = $SCORE_JAX_INCEPTION_WEIGHTS)
+  evaluate.fid_stats = ""  # score_jax: reference statistics .npz for FID (python -m score_jax.eval stats)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "LSUN"

@@ -181,7 +181,9 @@ def sample_metrics(samples_dir, feature_fn: FeatureFn, *, stats: str | None = No
   if ref is not None:
     mu, sigma = metrics.feature_statistics(feats["pool3"])
     result["fid"] = metrics.fid(mu, sigma, *ref)
-  result["inception_score"], result["inception_score_std"] = metrics.inception_score(feats["logits"], splits=is_splits)
+  splits = min(is_splits, len(feats["logits"]))  # a handful of samples (smoke runs) cannot fill 10 splits
+  result["inception_score"], result["inception_score_std"] = metrics.inception_score(feats["logits"], splits=splits)
+  result["inception_score_splits"] = splits
   if reference_features is not None:
     result["kid"], result["kid_std"] = metrics.kid(feats["pool3"], reference_features)
   return result

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import pathlib
 import re
 import time
@@ -492,8 +493,18 @@ def _eval_limit(config: ml_collections.ConfigDict, ds: datasets.Dataset) -> tupl
   return count, math.ceil(count / ds.global_batch_size)
 
 
+def _inception_weights(config: ml_collections.ConfigDict) -> str:
+  weights = config.eval.get("inception_weights", "") or os.environ.get("SCORE_JAX_INCEPTION_WEIGHTS", "")
+  if not weights or not pathlib.Path(weights).is_file():
+    raise FileNotFoundError(
+        f"eval.enable_sampling needs the FID Inception weights: eval.inception_weights={weights!r} (or "
+        "$SCORE_JAX_INCEPTION_WEIGHTS) must name the .npz converted from pytorch-fid's "
+        "pt_inception-2015-12-05-6726825d.pth with python -m score_jax.inception convert.")
+  return weights
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, feature_fn=None) -> dict:
   """Test-set loss and bits/dim of a checkpoint's EMA parameters (``--mode eval``), each with its standard error.
 
   - ``eval.enable_loss``: the training objective on the evaluation split (CIFAR-10 / SVHN test, CelebA / LSUN
@@ -505,14 +516,30 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
     ``eval.bpd_num_repeats`` passes with fresh dequantization noise; mean and standard error over all
     (example, pass) values.
 
-  ``eval.bpd_num_examples`` (0 = all) limits both to the first examples of the split. The result is written to
-  ``workdir/eval/<checkpoint>.json`` and TensorBoard, and returned.
+  - ``eval.enable_sampling``: ``eval.num_samples`` samples drawn as by :func:`sample` (resumable chunks,
+    per-sample seeds), then FID against ``eval.fid_stats`` (when set), Inception Score and, when the stats
+    file holds ``pool_3`` features, KID (:func:`score_jax.eval.sample_metrics`), with the FID Inception weights
+    of ``eval.inception_weights`` (``feature_fn`` replaces the network, e.g. in tests). The weights and the
+    statistics are checked before any sample is drawn.
+
+  ``eval.bpd_num_examples`` (0 = all) limits loss and bits/dim to the first examples of the split. The result
+  is written to ``workdir/eval/<checkpoint>.json`` and TensorBoard, and returned.
   """
   exp = setup(config)
   e = config.eval
   enable_loss, enable_bpd = bool(e.get("enable_loss", True)), bool(e.get("enable_bpd", False))
-  if not (enable_loss or enable_bpd):
-    raise ValueError("nothing to evaluate: set eval.enable_loss=True and/or eval.enable_bpd=True.")
+  enable_sampling = bool(e.get("enable_sampling", False))
+  if not (enable_loss or enable_bpd or enable_sampling):
+    raise ValueError("nothing to evaluate: set eval.enable_loss, eval.enable_bpd and/or eval.enable_sampling to True.")
+  fid_stats = e.get("fid_stats", "") or None
+  if enable_sampling:
+    from score_jax import eval as sample_eval
+    from score_jax import metrics
+
+    if fid_stats:
+      metrics.load_stats(fid_stats)  # readable, sane: before any sample is drawn
+    if feature_fn is None:
+      feature_fn = sample_eval.inception_feature_fn(_inception_weights(config))
   eval_ds = datasets.get_dataset(config, "eval", num_threads=4) if enable_loss else None
   bpd_split = "train" if e.get("bpd_dataset", "test") == "train" else "eval"
   if enable_bpd:
@@ -527,13 +554,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
     result.update(_eval_loss(exp, params, eval_ds, progress))
   if enable_bpd:
     result.update(_eval_bpd(exp, params, bpd_split, progress))
+  if enable_sampling:
+    drawn = sample(config, workdir, checkpoint=checkpoint, progress=progress)
+    reference = None
+    if fid_stats:
+      with np.load(fid_stats) as f:
+        reference = f["pool_3"] if "pool_3" in f.files else None
+    result.update(sample_eval.sample_metrics(drawn["directory"], feature_fn, stats=fid_stats,
+                                             reference_features=reference, progress=progress))
+    result["samples"] = drawn["directory"]
   result["seconds"] = time.time() - t0
   if jax.process_index() == 0:
     out = pathlib.Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     fileio.write_json(str(out / f"{tag}.json"), result)
     writer = _Writer(pathlib.Path(workdir), enabled=True)
-    writer.scalars(step or 0, {f"eval/{k}": v for k, v in result.items() if k in ("loss", "bpd")})
+    writer.scalars(step or 0, {f"eval/{k}": v for k, v in result.items()
+                               if k in ("loss", "bpd", "fid", "inception_score", "kid")})
     writer.close()
   return result
 

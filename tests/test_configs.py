@@ -44,6 +44,8 @@ SCORE_JAX_FIELDS = {
     "training.snapshot_num_samples": 64,
     "eval.bpd_num_repeats": 5,
     "eval.bpd_num_examples": 0,
+    "eval.inception_weights": "",
+    "eval.fid_stats": "",
     "data.root": "",
     "data.data_dir": "",
 }

@@ -287,3 +287,31 @@ def test_small_ncsnpp_on_cifar10_learns(tmp_path):
   assert (pathlib.Path(out["directory"]) / "grid.png").exists()
   ev = run_lib.evaluate(config, tmp_path, progress=False)
   assert np.isfinite(ev["bpd"]) and ev["bpd_se"] > 0
+
+
+# ---- --mode eval with sampling: FID / IS / KID (stand-in feature network) ---------------------------------
+
+
+def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
+  from test_eval_pipeline import fake_feature_fn
+
+  from score_jax import eval as sj_eval
+
+  stats = tmp_path / "stats.npz"
+  data_config = sj_eval._data_config("npz", root=str(trained["data"]), image_size=8)
+  sj_eval.compute_stats(data_config, "train", fake_feature_fn, str(stats), batch_size=8, save_features=True,
+                        progress=False)
+  workdir = tmp_path / "run"
+  shutil.copytree(trained["workdir"] / "checkpoints", workdir / "checkpoints")
+  overrides = {"eval.enable_sampling": True, "eval.enable_loss": False, "eval.enable_bpd": False,
+               "eval.num_samples": 6, "sampling.corrector": "none"}
+  # without weights: a clear error before any sample is drawn
+  monkeypatch.delenv("SCORE_JAX_INCEPTION_WEIGHTS", raising=False)
+  with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05"):
+    run_lib.evaluate(tiny_config(trained["data"], **overrides), workdir, progress=False)
+  assert not (workdir / "samples").exists()
+  config = tiny_config(trained["data"], **overrides, **{"eval.fid_stats": str(stats)})
+  result = run_lib.evaluate(config, workdir, progress=False, feature_fn=fake_feature_fn)
+  assert result["num_samples"] == 6 and np.isfinite(result["fid"]) and result["fid"] > 0
+  assert np.isfinite(result["inception_score"]) and np.isfinite(result["kid"])
+  assert json.loads((workdir / "eval" / "step_4.json").read_text())["fid"] == pytest.approx(result["fid"])

@@ -64,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   # score_jax-only fields (the same as in configs/default_*_configs.py):
   evaluate.bpd_num_repeats = 5
   evaluate.bpd_num_examples = 0
+  evaluate.inception_weights = ""
+  evaluate.fid_stats = ""
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "FFHQ"
