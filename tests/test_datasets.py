@@ -355,11 +355,11 @@ def test_bad_inputs(npz_path, tmp_path):
 
 
 def test_existing_configs_need_no_new_fields():
-  """The repository's CIFAR-10 defaults (no data.root / data.data_dir) still select the tfds path."""
+  """The repository's CIFAR-10 defaults (data.root / data.data_dir empty) select the tfds path."""
   from score_jax import configs_loader
 
   config = configs_loader.load_config(pathlib.Path(__file__).parents[1] / "configs" / "default_cifar10_configs.py")
-  assert "root" not in config.data and config.data.dataset in datasets.DATASETS
+  assert config.data.root == "" and config.data.data_dir == "" and config.data.dataset in datasets.DATASETS
   assert datasets.tfds_data_dir(config).name  # resolves without the field
 
 
