@@ -267,7 +267,7 @@ def _abstract_batch(exp: Experiment) -> jax.ShapeDtypeStruct:
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool = True,
-            trace_step: bool = True) -> dict:
+            trace_step: bool = True, exp: Experiment | None = None) -> dict:
   """Build everything a training run needs and trace one fused train step, without computing or writing anything.
 
   Checks the config fields (:func:`check_config`), builds the network, SDE, objective, optimizer and sampler,
@@ -279,7 +279,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool
   Returns:
     a summary: parameter count, devices, the data's size (or None), the checkpoint to resume from (or None).
   """
-  exp = setup(config)
+  exp = setup(config) if exp is None else exp  # ``exp``: a :func:`setup` of this config done before
   step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer)
   fused = train.make_fused_train_step(step_fn)
   if trace_step:

@@ -1,5 +1,6 @@
 """Test configuration: strict rank promotion (as diffrax does), fixed seeds, paths to ../shared."""
 
+import functools
 import os
 import pathlib
 
@@ -45,3 +46,11 @@ def load_core_fixture(name: str):
   if not path.exists():
     pytest.skip(f"reference fixture {path} not found (../shared is absent); set SCORE_JAX_SHARED to its path")
   return dict(np.load(path))
+
+
+@functools.lru_cache(maxsize=None)
+def experiment(config_path: str):
+  """``run_lib.setup`` of a config file under the repository root (shapes only), built once per test session."""
+  from score_jax import configs_loader, run_lib
+
+  return run_lib.setup(configs_loader.load_config(ROOT / config_path))

@@ -12,10 +12,8 @@ import pathlib
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, experiment
 from flax import traverse_util
 
 from score_jax import builders, configs_loader
@@ -153,11 +151,9 @@ def test_model_param_tree_matches_original(config_path, key):
   name = config.model.name
   if name not in builders.MODEL_BUILDERS:
     pytest.skip(f"model {name} not registered yet")
-  model = builders.build_model(config)
-  size, channels = config.data.image_size, config.data.num_channels
-  x = jnp.zeros((1, size, size, channels), jnp.float32)  # [B, H, W, C], as the reference's init_model
-  labels = jnp.zeros((1,), jnp.int32)
-  variables = jax.eval_shape(lambda k: model.init(k, x, labels, train=False), key)
+  # run_lib.setup initialises the network on a [1, H, W, C] input and labels [1], as the reference's init_model
+  # (shapes only; shared with the dry validation in test_run_lib.py)
+  variables = {"params": experiment(config_path).abstract_state.params}
   ours = {path: (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in traverse_util.flatten_dict(variables, sep="/").items()}
   tree_file = JAX_TREES / f"{_fixture_name(config_path)}.json"

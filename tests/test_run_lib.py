@@ -15,7 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, experiment
 
 from score_jax import checkpoints, configs_loader, run_lib
 
@@ -237,7 +237,8 @@ def test_every_experiment_config_passes_dry_validation():
   failures = {}
   for path in EXPERIMENTS:
     try:
-      summary = run_lib.dry_run(configs_loader.load_config(ROOT / path), check_data=False, trace_step=False)
+      summary = run_lib.dry_run(configs_loader.load_config(ROOT / path), check_data=False, trace_step=False,
+                                exp=experiment(path))
       assert summary["n_params"] > 1_000_000
     except Exception as e:  # collect all, report together
       failures[path] = f"{type(e).__name__}: {e}"
