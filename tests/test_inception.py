@@ -179,3 +179,16 @@ def test_convert_refuses_wrong_checkpoint(tmp_path):
   with pytest.raises(ValueError, match="missing keys"):
     inception.convert_pth(str(pth), str(tmp_path / "out.npz"))
   assert not (tmp_path / "out.npz").exists()
+
+
+def test_bench_script_runs():
+  """scripts/bench_inception.py end to end on a tiny batch (smoke test; no speed is asserted)."""
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "bench_inception.py"
+  spec = importlib.util.spec_from_file_location("_bench_script_bench_inception", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  result = module.main(["--batch", "1", "--size", "16", "--repeats", "1"])
+  assert result["batch"] == 1 and result["images_per_s"] > 0
