@@ -305,7 +305,8 @@ def _check_images(images) -> None:
     raise ValueError(f"images must be float in [0, 1]; got dtype {images.dtype} (divide uint8 images by 255).")
   if isinstance(images, jax.core.Tracer):
     return  # values are unknown while tracing; the range is checked on concrete calls.
-  lo, hi = float(jnp.min(images)), float(jnp.max(images))
+  xp = np if isinstance(images, np.ndarray) else jnp  # host arrays are checked on the host, without a copy
+  lo, hi = float(xp.min(images)), float(xp.max(images))
   if not (lo >= -RANGE_TOLERANCE and hi <= 1.0 + RANGE_TOLERANCE):
     raise ValueError(
       f"images must lie in [0, 1] (tolerance {RANGE_TOLERANCE}); got values in [{lo:.6g}, {hi:.6g}]. "
