@@ -29,6 +29,7 @@ def _positive(value) -> bool:
   return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # ~45 s of compiles on 2 cores; bench_train's smoke test covers the training path
 def test_bench_networks_shrunk_forward_and_train_step():
   bench = _load_script("bench_networks")
   # One model keeps the test short: the shrunk DDPM++ (VP) training step alone takes ~25 s to compile.

@@ -181,6 +181,7 @@ def test_convert_refuses_wrong_checkpoint(tmp_path):
   assert not (tmp_path / "out.npz").exists()
 
 
+@pytest.mark.slow
 def test_bench_script_runs():
   """scripts/bench_inception.py end to end on a tiny batch (smoke test; no speed is asserted)."""
   import importlib.util
