@@ -1,4 +1,4 @@
-"""score_jax launcher: train, evaluate or sample a score model described by an ml-collections config.
+r"""score_jax launcher: train, evaluate or sample a score model described by an ml-collections config.
 
   python -m score_jax.main --config configs/toy/gmm2d.py --workdir runs/gmm2d              # train + evaluate
   python -m score_jax.main --config configs/toy/gmm2d.py --workdir runs/gmm2d --mode eval  # re-evaluate
