@@ -105,7 +105,7 @@ def test_fid_sqrtm_retries_with_an_offset_when_not_finite(monkeypatch, rng):
 def _fid_fixture():
   npz = FID_FIXTURE / "inception_seed0.npz"
   if not npz.is_file():
-    pytest.skip(f"pytorch-fid fixture {npz} is absent (see /work/shared/fixtures/pytorch_fid_inception/README.md)")
+    pytest.skip(f"pytorch-fid fixture {npz} is absent (see {FID_FIXTURE / 'README.md'}; set SCORE_JAX_SHARED)")
   data = np.load(npz)
   return data
 
