@@ -150,33 +150,16 @@ def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: Fea
               seconds=time.time() - t0)
 
 
-def _sample_batches(directory, limit: int | None):
-  paths = sorted(pathlib.Path(directory).glob("samples_*.npz"))
-  if not paths:
-    raise FileNotFoundError(f"no samples_*.npz chunks in {directory} (python -m score_jax.main --mode sample writes "
-                            "them).")
-  seen = 0
-  for path in paths:
-    with np.load(path) as f:
-      images = f["images"]
-    if limit is not None:
-      images = images[:max(0, limit - seen)]
-    seen += len(images)
-    if len(images):
-      yield images
-    if limit is not None and seen >= limit:
-      return
-
-
 def sample_metrics(samples_dir, feature_fn: FeatureFn, *, stats: str | None = None, reference_features=None,
                    batch_size: int = 200, limit: int | None = None, is_splits: int = 10,
                    progress: bool = True) -> dict:
   """FID (against ``stats``), Inception Score and KID (against ``reference_features`` [M, D], when given)
   of the uint8 samples of a ``--mode sample`` directory."""
   ref = metrics.load_stats(stats) if stats else None  # read (and checked) before any feature work
-  total = sum(np.load(p)["images"].shape[0] for p in sorted(pathlib.Path(samples_dir).glob("samples_*.npz")))
-  feats = features_of(_sample_batches(samples_dir, limit), feature_fn, batch_size=batch_size,
-                      total=min(total, limit) if limit else total, progress=progress)
+  from score_jax import run_lib  # the reader of the chunks run_lib.sample writes
+
+  feats = features_of(run_lib.sample_chunks(samples_dir, limit), feature_fn, batch_size=batch_size, total=limit,
+                      progress=progress)
   result: dict = dict(num_samples=int(len(feats["pool3"])))
   if ref is not None:
     mu, sigma = metrics.feature_statistics(feats["pool3"])

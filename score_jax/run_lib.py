@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from score_jax import builders, checkpoints, datasets, fileio, likelihood, models, parallel, sampling, sde_lib, train
 
 __all__ = ["Experiment", "setup", "train_and_evaluate", "dry_run", "evaluate", "sample", "load_samples",
-           "summary_line", "STREAM_INIT", "STREAM_TRAIN", "STREAM_SNAPSHOT", "STREAM_EVAL", "STREAM_SAMPLE"]
+           "sample_chunks", "summary_line", "STREAM_INIT", "STREAM_TRAIN", "STREAM_SNAPSHOT", "STREAM_EVAL",
+           "STREAM_SAMPLE"]
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,7 @@ def make_sample_fn(exp: Experiment, batch_size: int):
   shape = (batch_size,) + exp.image_shape
   if c.sampling.method == "pc":
     kwargs = builders.sampler_kwargs(c)
-    # score evaluations: one per predictor step, n_steps per corrector step ("none" evaluates nothing)
-    nfe = exp.sde.N * ((kwargs["predictor"] not in (None, "none")) + (kwargs["corrector"] not in (None, "none"))
-                       * kwargs["n_steps"])
+    nfe = sampling.pc_nfe(exp.sde.N, kwargs["n_steps"], kwargs["predictor"], kwargs["corrector"])
 
     def fn(params, key, offset):
       x, _ = sampling.pc_sample(key, exp.sde, _score_fn(exp, params), shape, sample_offset=offset, **kwargs)
@@ -712,18 +711,25 @@ def _valid_chunk(path: pathlib.Path, count: int, image_shape) -> bool:
     return False
 
 
-def load_samples(directory, limit: int | None = None) -> np.ndarray:
-  """The uint8 samples ``[N, H, W, C]`` of a ``--mode sample`` directory, in index order (up to ``limit``)."""
+def sample_chunks(directory, limit: int | None = None):
+  """The uint8 chunks ``[n, H, W, C]`` of a ``--mode sample`` directory in index order, up to ``limit`` samples."""
   paths = sorted(pathlib.Path(directory).glob("samples_*.npz"))
   if not paths:
-    raise FileNotFoundError(f"no samples_*.npz in {directory}")
-  parts, total = [], 0
+    raise FileNotFoundError(f"no samples_*.npz chunks in {directory} (python -m score_jax.main --mode sample writes "
+                            "them).")
+  seen = 0
   for path in paths:
     with np.load(path) as f:
-      parts.append(f["images"])
-    total += len(parts[-1])
-    if limit is not None and total >= limit:
-      break
-  images = np.concatenate(parts)
-  return images if limit is None else images[:limit]
+      images = f["images"]
+    if limit is not None:
+      images = images[:max(0, limit - seen)]
+    seen += len(images)
+    if len(images):
+      yield images
+    if limit is not None and seen >= limit:
+      return
 
+
+def load_samples(directory, limit: int | None = None) -> np.ndarray:
+  """The uint8 samples ``[N, H, W, C]`` of a ``--mode sample`` directory, in index order (up to ``limit``)."""
+  return np.concatenate(list(sample_chunks(directory, limit)))

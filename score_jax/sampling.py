@@ -261,9 +261,13 @@ def get_corrector(name: str | None) -> type[Corrector]:
 
 # ---- predictor-corrector sampler -------------------------------------------------------------------------
 
-def pc_nfe(N: int, n_steps: int) -> int:
-  """Score evaluations the PC sampler is charged, ``N (n_steps + 1)``, as the original reports it."""
-  return N * (n_steps + 1)
+def pc_nfe(N: int, n_steps: int, predictor: str | None = "reverse_diffusion",
+           corrector: str | None = "langevin") -> int:
+  """Score evaluations of the PC sampler: ``N (n_steps + 1)``, as the original charges it (the default names).
+  Given the predictor and corrector names, the evaluations actually made: a ``'none'`` predictor saves ``N``,
+  a ``'none'`` corrector ``N n_steps``."""
+  used = lambda name: name not in (None, "none")
+  return N * (int(used(predictor)) + int(used(corrector)) * n_steps)
 
 
 def _example_keys(key: Array, batch: int, sample_offset) -> Array:
@@ -341,7 +345,7 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
 
   (x, x_mean), traj = jax.lax.scan(pc_step, (x, x), (jnp.arange(N), timesteps))
   samples = x_mean if denoise else x
-  nfe = pc_nfe(N, n_steps)
+  nfe = pc_nfe(N, n_steps)  # charged as the original does, whatever the predictor and corrector
   return (samples, nfe, traj) if return_trajectory else (samples, nfe)
 
 

@@ -314,7 +314,10 @@ def bench_train(step_fn, params, optimizer, x: Array, key: Array, *, repeats: in
 # ---- command line --------------------------------------------------------------------------------------
 
 def _positive_int(text: str) -> int:
-  value = int(text)
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
   if value < 1:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
   return value

@@ -167,14 +167,7 @@ def shrink(config: ml_collections.ConfigDict) -> None:
 
 # ---- command line --------------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
+_positive_int = bench_networks._positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
