@@ -72,7 +72,7 @@ def log_likelihood(key: Array, sde: sde_lib.SDE, score_fn, x: Array, *, divergen
     x: data ``[B, ...]`` (already scaled as the model sees it, dequantized if discrete).
     divergence: ``'hutchinson_rademacher'``, ``'hutchinson_gaussian'`` or ``'exact'``.
     rtol, atol: ODE tolerances; eps: the start time (the ODE runs from ``eps`` to ``T``).
-    solver: ``'tsit5'`` or ``'dopri5'`` (see :func:`score_jax.sampling.solve_ode`).
+    solver: an adaptive solver of :data:`score_jax.sampling.ODE_SOLVERS` (not ``'euler'``).
     prior_logp_fn: ``z [B, ...] -> [B]`` used at ``T`` instead of ``sde.prior_logp`` (e.g. the exact
       ``log p_T`` in tests; the model itself always uses the prior).
 

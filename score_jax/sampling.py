@@ -30,7 +30,7 @@ __all__ = [
     "AncestralSamplingPredictor", "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics",
     "NoneCorrector", "PREDICTORS", "CORRECTORS", "get_predictor", "get_corrector", "pc_sample",
     "ode_sample", "make_pc_sampler", "make_ode_sampler", "pc_nfe", "SNR_REDUCTIONS", "ODE_SOLVERS",
-    "solve_ode", "probability_flow_drift_fn",
+    "solve_ode", "probability_flow_drift_fn", "ode_nfe",
 ]
 
 SNR_REDUCTIONS = ("batch", "per_example")
@@ -351,13 +351,19 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
 
 # ---- probability-flow ODE sampler ------------------------------------------------------------------------
 
-# Adaptive 5(4) Runge-Kutta pairs of diffrax. Both are FSAL: each attempted step costs 6 new vector-field
-# evaluations, plus one at the start (tests/test_sampling.py counts them with a host callback).
-# Tsit5 is the default: in float32, Dopri5's error estimate lets ~0.2% errors through on the sub-VP
-# probability-flow ODE at rtol=atol=1e-5 where Tsit5 stays at ~2e-5 (both fine in float64).
-ODE_SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
-_EVALS_PER_STEP = 6
-_EVALS_AT_START = 1
+# diffrax solvers for the probability-flow ODE, with the vector-field evaluations each costs: ``(per step,
+# at start)``. FSAL tableaus (Bosh3, Tsit5, Dopri5, Dopri8) reuse their last stage as the next step's first, so
+# an attempted step costs one stage less than the tableau has, plus one evaluation at the start; rejected
+# steps cost the same (tests/test_sampling_oracle.py counts them with a host callback). Euler has no error
+# estimate and runs with fixed steps only. Tsit5 is the default: in float32, Dopri5's error estimate lets
+# ~0.2% errors through on the sub-VP probability-flow ODE at rtol=atol=1e-5 where Tsit5 stays at ~2e-5.
+ODE_SOLVERS = {
+    "euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint, "ralston": diffrax.Ralston,
+    "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8,
+}
+_ODE_EVALS = {"euler": (1, 0), "heun": (2, 0), "midpoint": (2, 0), "ralston": (2, 0), "bosh3": (3, 1),
+              "tsit5": (6, 1), "dopri5": (6, 1), "dopri8": (13, 1)}
+_FIXED_STEP_ONLY = ("euler",)
 
 
 def probability_flow_drift_fn(sde: sde_lib.SDE, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
@@ -366,34 +372,52 @@ def probability_flow_drift_fn(sde: sde_lib.SDE, score_fn: ScoreFn) -> Callable[[
   return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, x.dtype))[0]
 
 
-def solve_ode(vector_field: Callable[[Array, Any], Any], y0, t0: float, t1: float, *, rtol: float, atol: float,
-              solver: str = "tsit5", max_steps: int = 100_000):
-  """Adaptive explicit Runge-Kutta 5(4) solve of ``dy/dt = vector_field(t, y)`` from t0 to t1 on device.
+def _check_solver(solver: str, steps: int) -> None:
+  if solver not in ODE_SOLVERS:
+    raise ValueError(f"Unknown ODE solver {solver!r}; expected one of {sorted(ODE_SOLVERS)}.")
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise ValueError(f"ODE steps must be an integer >= 0 (0 = adaptive step size), got {steps!r}.")
+  if steps == 0 and solver in _FIXED_STEP_ONLY:
+    raise ValueError(f"ODE solver {solver!r} has no error estimate, so it cannot choose its step size: give it a "
+                     "fixed number of steps (sampling.ode_steps > 0) or use an adaptive solver such as 'tsit5'.")
 
-  ``solver`` is ``'tsit5'`` (default) or ``'dopri5'`` (Dormand-Prince, scipy's RK45); the error is
-  controlled per step in the RMS norm scaled by ``atol + rtol |y|``, as scipy does.
+
+def ode_nfe(solver: str, num_steps):
+  """Vector-field evaluations of ``num_steps`` attempted steps of ``solver`` (rejected ones included)."""
+  per_step, at_start = _ODE_EVALS[solver]
+  return at_start + per_step * num_steps
+
+
+def solve_ode(vector_field: Callable[[Array, Any], Any], y0, t0: float, t1: float, *, rtol: float = 1e-5,
+              atol: float = 1e-5, solver: str = "tsit5", max_steps: int = 100_000, steps: int = 0):
+  """Explicit Runge-Kutta solve of ``dy/dt = vector_field(t, y)`` from t0 to t1 on device (diffrax).
+
+  ``solver`` is one of :data:`ODE_SOLVERS`. With ``steps = 0`` the step size is adaptive: the error is
+  controlled per step in the RMS norm scaled by ``atol + rtol |y|``, as scipy does (``'dopri5'`` is scipy's
+  RK45); with ``steps > 0`` the solver takes that many equal steps and the tolerances are unused.
 
   Returns:
     ``(y(t1), nfe)``: the state at ``t1`` (a pytree like ``y0``) and the number of vector-field evaluations.
   """
-  if not (rtol > 0 and atol > 0):
+  _check_solver(solver, steps)
+  if steps == 0 and not (rtol > 0 and atol > 0):
     raise ValueError(f"rtol and atol must be > 0, got rtol={rtol!r}, atol={atol!r}.")
-  if solver not in ODE_SOLVERS:
-    raise ValueError(f"Unknown ODE solver {solver!r}; expected one of {sorted(ODE_SOLVERS)}.")
   term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
-  sol = diffrax.diffeqsolve(
-      term, ODE_SOLVERS[solver](), t0=t0, t1=t1, dt0=None, y0=y0,
-      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-      saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=True)
-  nfe = _EVALS_AT_START + _EVALS_PER_STEP * sol.stats["num_steps"]
+  if steps:
+    controller, dt0, max_steps = diffrax.ConstantStepSize(), (t1 - t0) / steps, steps
+  else:
+    controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), None
+  sol = diffrax.diffeqsolve(term, ODE_SOLVERS[solver](), t0=t0, t1=t1, dt0=dt0, y0=y0,
+                            stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps,
+                            throw=True)
   y1 = jax.tree_util.tree_map(lambda leaf: leaf[-1], sol.ys)
-  return y1, nfe
+  return y1, ode_nfe(solver, sol.stats["num_steps"])
 
 
 def ode_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, z: Array | None = None,
                rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-3, denoise: bool = False,
-               solver: str = "tsit5", max_steps: int = 100_000):
-  """Sample by solving the probability-flow ODE from ``T`` to ``eps`` (adaptive RK45, on device).
+               solver: str = "tsit5", max_steps: int = 100_000, steps: int = 0):
+  """Sample by solving the probability-flow ODE from ``T`` to ``eps`` (diffrax, on device).
 
   The batch is solved as one system (one step size for all examples, as the original does with scipy).
 
@@ -405,7 +429,8 @@ def ode_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, z: Arr
     rtol, atol: solver tolerances.
     eps: final time.
     denoise: finish with one noise-free reverse-diffusion step at ``eps``.
-    solver: ``'tsit5'`` or ``'dopri5'``; max_steps: solver step budget (an error if exceeded).
+    solver: one of :data:`ODE_SOLVERS`; max_steps: adaptive step budget (an error if exceeded).
+    steps: 0 for adaptive steps, else that many equal steps in ``t``.
 
   Returns:
     ``(samples [B, ...], nfe)`` with ``nfe`` the number of score evaluations (a device scalar).
@@ -413,13 +438,14 @@ def ode_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, z: Arr
   shape = tuple(int(s) for s in shape)
   if not 0 < eps < sde.T:
     raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}.")
+  _check_solver(solver, steps)
   if z is None:
     x = sde.prior_sampling(key, shape)
   else:
     _check_noise("z (prior sample)", z, shape)
     x = z
   x, nfe = solve_ode(probability_flow_drift_fn(sde, score_fn), x, sde.T, eps, rtol=rtol, atol=atol,
-                     solver=solver, max_steps=max_steps)
+                     solver=solver, max_steps=max_steps, steps=steps)
   if denoise:
     vec_eps = jnp.full((shape[0],), eps, x.dtype)
     _, x = ReverseDiffusionPredictor(sde, score_fn).step(x, vec_eps, jnp.zeros_like(x))

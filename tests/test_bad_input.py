@@ -51,10 +51,18 @@ CASES = {
           "('hutchinson_rademacher', 'hutchinson_gaussian', 'exact')")),
     "unknown ODE solver": (
         lambda: sampling.ode_sample(jax.random.PRNGKey(0), VP, never_called, (4, 2), solver="rk4"),
-        q("Unknown ODE solver 'rk4'; expected one of ['dopri5', 'tsit5']")),
+        q("Unknown ODE solver 'rk4'; expected one of ['bosh3', 'dopri5', 'dopri8', 'euler', 'heun', 'midpoint', "
+          "'ralston', 'tsit5']")),
+    "adaptive Euler": (
+        lambda: sampling.ode_sample(jax.random.PRNGKey(0), VP, never_called, (4, 2), solver="euler"),
+        q("ODE solver 'euler' has no error estimate, so it cannot choose its step size")),
+    "negative ODE steps": (
+        lambda: sampling.ode_sample(jax.random.PRNGKey(0), VP, never_called, (4, 2), steps=-3),
+        q("ODE steps must be an integer >= 0 (0 = adaptive step size), got -3")),
     "unknown ODE solver (likelihood)": (
-        lambda: likelihood.log_likelihood(None, VP, never_called, X, divergence="exact", solver="euler"),
-        q("Unknown ODE solver 'euler'; expected one of ['dopri5', 'tsit5']")),
+        lambda: likelihood.log_likelihood(None, VP, never_called, X, divergence="exact", solver="rk45"),
+        q("Unknown ODE solver 'rk45'; expected one of ['bosh3', 'dopri5', 'dopri8', 'euler', 'heun', 'midpoint', "
+          "'ralston', 'tsit5']")),
     "unknown snr reduction": (
         lambda: sampling.pc_sample(jax.random.PRNGKey(0), VP, never_called, (4, 2), snr_reduction="mean"),
         q("snr_reduction must be one of ('batch', 'per_example'), got 'mean'")),

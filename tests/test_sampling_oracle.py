@@ -413,19 +413,36 @@ def _evaluation_counter():
 
 @pytest.mark.parametrize("solver", sorted(sampling.ODE_SOLVERS))
 def test_solve_ode_nfe_counts_vector_field_evaluations(solver):
-  """``1 + 6 num_steps`` is the number of evaluations, rejected steps included (a sharp bump forces some)."""
+  """The reported NFE is the number of evaluations: with fixed steps, and adaptively with rejected steps
+  included (a sharp bump forces some)."""
   tick, counter = _evaluation_counter()
 
   def vector_field(t, y):
     tick()
     return -y + 20.0 * jnp.exp(-(((t - 1.0) / 0.05) ** 2))
 
-  for rtol in (1e-3, 1e-6):
+  runs = [dict(steps=7)] + ([] if solver == "euler" else [dict(rtol=1e-3, atol=1e-3), dict(rtol=1e-6, atol=1e-6)])
+  for kwargs in runs:
     counter[0] = 0
-    solve = functools.partial(sampling.solve_ode, vector_field, rtol=rtol, atol=rtol, solver=solver)
+    solve = functools.partial(sampling.solve_ode, vector_field, solver=solver, **kwargs)
     y, nfe = jax.jit(lambda y0, solve=solve: solve(y0, 0.0, 2.0))(jnp.ones((3,)))
     jax.block_until_ready(y)
-    assert int(nfe) == counter[0] > 7
+    assert int(nfe) == counter[0] >= 7, kwargs
+
+
+def test_fixed_step_ode_converges_with_the_order_of_its_solver():
+  """Fixed-step probability-flow ODE solves approach a tight adaptive solve with their solvers' orders
+  (float64, so that the errors of the higher orders stay above rounding)."""
+  with jax.enable_x64(True):
+    sde = make_sde("vpsde", 30)
+    score_fn = gaussian_score_fn(sde)
+    z = jax.random.normal(jax.random.PRNGKey(3), (4, 2), jnp.float64)
+    exact, _ = sampling.ode_sample(None, sde, score_fn, (4, 2), z=z, rtol=1e-10, atol=1e-10)
+    for solver, order in (("euler", 1), ("heun", 2), ("bosh3", 3)):
+      errors = [float(jnp.max(jnp.abs(sampling.ode_sample(None, sde, score_fn, (4, 2), z=z, solver=solver,
+                                                           steps=n)[0] - exact))) for n in (32, 64, 128)]
+      slopes = -np.diff(np.log(errors)) / np.log(2.0)
+      assert abs(slopes.mean() - order) < 0.2, (solver, errors, slopes)
 
 
 @pytest.mark.parametrize("solver,denoise", [("tsit5", True), ("dopri5", False)])
