@@ -104,6 +104,19 @@ class SDE(abc.ABC):
     var = self.prior_std() ** 2
     return -0.5 * D * math.log(2 * math.pi * var) - jnp.sum(z**2) / (2 * var)
 
+  def noise_to_signal(self, t: Array) -> Array:
+    """``sigma(t) = s(t) / a(t)``: the noise level of ``x / a(t)``, EDM's sigma (Karras et al. 2022, eq. 4).
+
+    In the variable ``x / a(t)`` every SDE here is variance exploding with noise level ``sigma(t)``; the
+    fast samplers step in this variable, and ``lambda(t) = -log sigma(t)`` is DPM-Solver's half log-SNR.
+    """
+    a, s = self.marginal_one(jnp.ones_like(t), t)
+    return s / a
+
+  @abc.abstractmethod
+  def time_of_noise_to_signal(self, sigma: Array) -> Array:
+    """The inverse of :meth:`noise_to_signal`: the time ``t`` at which ``s(t) / a(t) = sigma`` (closed form)."""
+
   def discretize_one(self, x: Array, t: Array) -> tuple[Array, Array]:
     """Euler-Maruyama discretisation ``x_{i+1} = x_i + f_i + G_i z_i`` with ``dt = T / N``."""
     dt = 1.0 / self.N
@@ -230,6 +243,9 @@ class VESDE(SDE):
   def prior_std(self) -> float:
     return self.sigma_max
 
+  def time_of_noise_to_signal(self, sigma):
+    return jnp.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
   def discretize_one(self, x, t):
     """SMLD discretisation: ``f = 0``, ``G = sqrt(sigma_i^2 - sigma_{i-1}^2)`` (sigma_{-1} = 0)."""
     i = timestep_index(t, self.N, self.T)
@@ -282,6 +298,12 @@ class _BetaSDE(SDE):
   def prior_std(self) -> float:
     return 1.0
 
+  def _time_of_log_mean_coeff(self, neg_log_a: Array) -> Array:
+    """Solve ``-log a(t) = beta_min t / 2 + (beta_max - beta_min) t^2 / 4 = L`` for ``t >= 0`` (rationalised
+    root, exact when beta_max = beta_min)."""
+    delta = self.beta_max - self.beta_min
+    return 4 * neg_log_a / (self.beta_min + jnp.sqrt(self.beta_min**2 + 4 * delta * neg_log_a))
+
   def discrete_alpha(self, t: Array) -> Array:
     """The DDPM ``alpha_i = 1 - beta_i`` at the discrete index of ``t`` (used by the Langevin correctors)."""
     return jnp.asarray(self.alphas)[timestep_index(t, self.N, self.T)]
@@ -298,6 +320,9 @@ class VPSDE(_BetaSDE):
   def marginal_one(self, x, t):
     lmc = self.log_mean_coeff(t)
     return jnp.exp(lmc) * x, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+
+  def time_of_noise_to_signal(self, sigma):
+    return self._time_of_log_mean_coeff(0.5 * jnp.log1p(sigma**2))  # sigma^2 = 1 / a^2 - 1
 
   def discretize_one(self, x, t):
     """DDPM discretisation: ``f = (sqrt(alpha_i) - 1) x``, ``G = sqrt(beta_i)``."""
@@ -324,6 +349,10 @@ class subVPSDE(_BetaSDE):
   def marginal_one(self, x, t):
     lmc = self.log_mean_coeff(t)
     return jnp.exp(lmc) * x, 1.0 - jnp.exp(2.0 * lmc)
+
+  def time_of_noise_to_signal(self, sigma):
+    # sigma = (1 - a^2) / a, so a = 2 / (sigma + sqrt(sigma^2 + 4)).
+    return self._time_of_log_mean_coeff(jnp.log((sigma + jnp.sqrt(sigma**2 + 4.0)) / 2.0))
 
 
 SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
