@@ -49,6 +49,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.snr_reduction = "batch"
   sampling.ode_rtol = 1e-5  # score_jax: probability-flow ODE tolerances (the original's scipy RK45 values)
   sampling.ode_atol = 1e-5
+  # score_jax: sampler choices beyond the original's (docs in score_jax/builders.py::sampler_settings).
+  sampling.N = 0  # time steps of pc / ddim / dpm_solver / heun; 0 = model.num_scales
+  sampling.ode_solver = "tsit5"  # a diffrax RK solver: euler, heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8
+  sampling.ode_steps = 0  # 0 = adaptive steps (ode_rtol / ode_atol), else that many equal steps
+  sampling.schedule = ""  # fast samplers' time steps: time_uniform, time_quadratic, logsnr, karras; "" = default
+  sampling.eta = 0.0  # DDIM's stochasticity (0 = deterministic, 1 = ancestral)
+  sampling.rho = 7.0  # exponent of the 'karras' schedule (EDM)
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 50

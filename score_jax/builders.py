@@ -5,15 +5,23 @@ Everything downstream takes explicit arguments; nothing else reads the ConfigDic
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from score_jax import losses, models, nets, sampling, sde_lib
+from score_jax import fast_sampling, losses, models, nets, sampling, sde_lib
 from score_jax.nets import ddpm as nets_ddpm
 from score_jax.nets import ncsnv2 as nets_ncsnv2
+from score_jax.nets import wideresnet as nets_wideresnet
 
 __all__ = [
     "MODEL_BUILDERS", "build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate",
+    "SAMPLING_METHODS", "sampler_settings", "build_sampler", "CLASSIFIER_BUILDERS", "is_classifier",
+    "build_classifier",
 ]
 
 
@@ -144,6 +152,59 @@ def build_model(config: ml_collections.ConfigDict):
   return MODEL_BUILDERS[name](config)
 
 
+def is_classifier(config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config`` trains a noise-conditional classifier (it has a ``classifier`` section; see
+  ``configs/classifier/``) rather than a score model. Its ``training.sde`` and ``model.*`` SDE fields are
+  those of the score model it is meant to guide."""
+  return "classifier" in config
+
+
+def _positive(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name}={value!r}; expected a positive integer.")
+  return int(value)
+
+
+def _build_wideresnet(config: ml_collections.ConfigDict):
+  """The noise-conditional Wide-ResNet from ``classifier.*``, checked against ``data.image_size/num_channels``."""
+  c, d = config.classifier, config.data
+  _check_image_data(config)
+  # two stride-2 groups: the shortcut's pooling needs sizes that halve exactly
+  if d.image_size % 4:
+    raise ValueError(f"data.image_size={d.image_size!r} must be divisible by 4 for the Wide-ResNet (two stride-2 "
+                     "groups).")
+  num_classes = _positive(c.num_classes, "classifier.num_classes")
+  if num_classes < 2:
+    raise ValueError(f"classifier.num_classes={num_classes}; a classifier needs at least 2 classes.")
+  mean, std = tuple(float(v) for v in c.input_mean), tuple(float(v) for v in c.input_std)
+  if len(mean) != len(std) or (mean and len(mean) != d.num_channels):
+    raise ValueError(f"classifier.input_mean={mean} and classifier.input_std={std} must both be empty or both have "
+                     f"data.num_channels={d.num_channels} values.")
+  if any(not v > 0 for v in std):
+    raise ValueError(f"classifier.input_std={std} must be positive.")
+  return nets_wideresnet.WideResnet(
+      blocks_per_group=_positive(c.blocks_per_group, "classifier.blocks_per_group"),
+      channel_multiplier=_positive(c.channel_multiplier, "classifier.channel_multiplier"),
+      num_outputs=num_classes, embedding_size=_positive(c.embedding_size, "classifier.embedding_size"),
+      fourier_scale=float(c.fourier_scale), input_mean=mean, input_std=std)
+
+
+# classifier.name -> function(config) -> flax Module ``(x [B, H, W, C], sigma [B]) -> logits [B, num_classes]``.
+CLASSIFIER_BUILDERS = {
+    "wideresnet_noise_conditional": _build_wideresnet,
+}
+
+
+def build_classifier(config: ml_collections.ConfigDict):
+  """The noise-conditional classifier named by ``classifier.name``, built from typed arguments."""
+  if not is_classifier(config):
+    raise ValueError("the config has no 'classifier' section; classifier configs live in configs/classifier/.")
+  name = config.classifier.get("name", None)
+  if name not in CLASSIFIER_BUILDERS:
+    raise ValueError(f"Unknown classifier.name {name!r}; expected one of {sorted(CLASSIFIER_BUILDERS)}.")
+  return CLASSIFIER_BUILDERS[name](config)
+
+
 def build_loss_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE):
   """``loss_fn(key, score_fn, x)`` for ``training.loss`` (``dsm``, ``ism``, ``ssm``, ``ssm_vr``)."""
   t = config.training
@@ -185,10 +246,108 @@ def sampler_kwargs(config: ml_collections.ConfigDict) -> dict:
               snr_reduction=s.snr_reduction)
 
 
+# sampling.method -> what it runs: the paper's predictor-corrector and probability-flow ODE samplers, and
+# the fast samplers of score_jax.fast_sampling.
+SAMPLING_METHODS = ("pc", "ode") + fast_sampling.FAST_SAMPLERS
+
+
+def _get(s: ml_collections.ConfigDict, name: str, default):
+  return s.get(name, default)  # configs written before a field existed keep the original's behaviour
+
+
+def _sampler_int(value, name: str, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}.")
+  return int(value)
+
+
+def _sampler_float(value, name: str, minimum: float, strict: bool = False) -> float:
+  ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+  if not ok or not np.isfinite(value) or value < minimum or (strict and value == minimum):
+    raise ValueError(f"{name}={value!r}; expected a number {'>' if strict else '>='} {minimum}.")
+  return float(value)
+
+
+def sampler_settings(config: ml_collections.ConfigDict) -> dict:
+  """The checked ``sampling.*`` settings of ``sampling.method`` (an error naming the field otherwise).
+
+  ``sampling.N`` is the number of time steps (0: ``model.num_scales``, the original's). For ``'pc'`` it
+  sets the SDE's discretisation; a discrete-time model (``training.continuous=False``) only knows its
+  own ``model.num_scales`` noise levels, so it must stay 0 or equal there.
+  """
+  s = config.sampling
+  method = s.method
+  if method not in SAMPLING_METHODS:
+    raise ValueError(f"sampling.method={method!r}; expected one of {list(SAMPLING_METHODS)}.")
+  n = _sampler_int(_get(s, "N", 0), "sampling.N", 0) or int(config.model.num_scales)
+  eps = _sampler_float(s.eps, "sampling.eps", 0.0, strict=True)
+  out = dict(method=method, N=n, eps=eps, denoise=bool(s.noise_removal))
+  if method == "pc":
+    if not config.training.get("continuous", True) and n != config.model.num_scales:
+      raise ValueError(f"sampling.N={n} differs from model.num_scales={config.model.num_scales}, but the model "
+                       "is discrete-time (training.continuous=False) and only knows its own noise levels.")
+    kwargs = sampler_kwargs(config)
+    _sampler_int(kwargs["n_steps"], "sampling.n_steps_each", 0)
+    _sampler_float(kwargs["snr"], "sampling.snr", 0.0)
+    out.update(kwargs)
+  elif method == "ode":
+    solver, steps = _get(s, "ode_solver", "tsit5"), _sampler_int(_get(s, "ode_steps", 0), "sampling.ode_steps", 0)
+    try:
+      sampling._check_solver(solver, steps)
+    except ValueError as e:
+      raise ValueError(f"sampling.ode_solver={solver!r}, sampling.ode_steps={steps}: {e}") from None
+    out.update(solver=solver, steps=steps, rtol=_sampler_float(s.ode_rtol, "sampling.ode_rtol", 0.0, strict=True),
+               atol=_sampler_float(s.ode_atol, "sampling.ode_atol", 0.0, strict=True))
+  else:
+    schedule = _get(s, "schedule", "") or fast_sampling.DEFAULT_SCHEDULES[method]
+    if schedule not in fast_sampling.SCHEDULES:
+      raise ValueError(f"sampling.schedule={schedule!r}; expected one of {list(fast_sampling.SCHEDULES)} "
+                       "(or '' for the sampler's default).")
+    eta = _sampler_float(_get(s, "eta", 0.0), "sampling.eta", 0.0)
+    if eta and method != "ddim":
+      raise ValueError(f"sampling.eta={eta!r} is DDIM's stochasticity; sampling.method={method!r} is "
+                       "deterministic (set sampling.eta=0).")
+    out.update(schedule=schedule, eta=eta, rho=_sampler_float(_get(s, "rho", fast_sampling.EDM_RHO),
+                                                              "sampling.rho", 0.0, strict=True))
+  return out
+
+
+def build_sampler(config: ml_collections.ConfigDict, sde: sde_lib.SDE, score_fn, shape):
+  """``sample(key, offset) -> (samples [*shape], nfe)`` running ``sampling.method`` (pure; jit it outside).
+
+  Example ``offset + b`` draws its noise from ``fold_in(key, offset + b)``.
+  """
+  st = sampler_settings(config)
+  shape = tuple(int(d) for d in shape)
+  method = st["method"]
+  if method == "pc":
+    sde_n = sde if st["N"] == sde.N else dataclasses.replace(sde, N=st["N"])
+    kwargs = {k: st[k] for k in ("predictor", "corrector", "snr", "n_steps", "probability_flow", "denoise", "eps",
+                                 "snr_reduction")}
+    nfe = sampling.pc_nfe(st["N"], st["n_steps"], st["predictor"], st["corrector"])
+
+    def sample(key, offset):
+      x, _ = sampling.pc_sample(key, sde_n, score_fn, shape, sample_offset=offset, **kwargs)
+      return x, jnp.asarray(nfe)
+  elif method == "ode":
+    def sample(key, offset):
+      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(shape[0]))
+      z = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
+      return sampling.ode_sample(None, sde, score_fn, shape, z=z, rtol=st["rtol"], atol=st["atol"], eps=st["eps"],
+                                 denoise=st["denoise"], solver=st["solver"], steps=st["steps"])
+  else:
+    def sample(key, offset):
+      x, nfe = fast_sampling.fast_sample(method, key, sde, score_fn, shape, steps=st["N"], schedule=st["schedule"],
+                                         eta=st["eta"], rho=st["rho"], eps=st["eps"], denoise=st["denoise"],
+                                         sample_offset=offset)
+      return x, jnp.asarray(nfe)
+  return sample
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Build every part of ``config`` once, so a bad field fails before training or sampling starts."""
   sde = build_sde(config)
   build_model(config)
   build_loss_fn(config, sde)
   build_optimizer(config)
-  sampler_kwargs(config)
+  sampler_settings(config)

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import builders, checkpoints, datasets, fileio, likelihood, models, parallel, sampling, sde_lib, train
+from score_jax import builders, checkpoints, datasets, fileio, likelihood, models, parallel, sde_lib, train
 
 __all__ = ["Experiment", "setup", "train_and_evaluate", "dry_run", "evaluate", "sample", "load_samples",
            "sample_chunks", "summary_line", "STREAM_INIT", "STREAM_TRAIN", "STREAM_SNAPSHOT", "STREAM_EVAL",
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # Independent key streams folded into PRNGKey(config.seed).
 STREAM_INIT, STREAM_TRAIN, STREAM_SNAPSHOT, STREAM_EVAL, STREAM_SAMPLE, STREAM_BPD = range(6)
-SAMPLING_METHODS = ("pc", "ode")
+SAMPLING_METHODS = builders.SAMPLING_METHODS
 _GRID_MAX = 64  # images in a PNG grid
 
 
@@ -124,9 +124,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _positive_int(t.get("snapshot_num_samples", _GRID_MAX), "training.snapshot_num_samples")
   if t.get("parallel", "jit") not in parallel.MODES:
     raise ValueError(f"training.parallel={t.parallel!r}; expected one of {list(parallel.MODES)}.")
-  method = config.sampling.method
-  if method not in SAMPLING_METHODS:
-    raise ValueError(f"sampling.method={method!r}; expected one of {list(SAMPLING_METHODS)}.")
+  builders.sampler_settings(config)  # sampling.method and the fields it reads
   e = config.eval
   _positive_int(e.batch_size, "eval.batch_size")
   _positive_int(e.num_samples, "eval.num_samples")
@@ -146,7 +144,6 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
   model = builders.build_model(config)
   optimizer = builders.build_optimizer(config)
   train.loss_kind(config, sde)  # the objective must be defined for this SDE
-  builders.sampler_kwargs(config)  # predictor / corrector names
   mode = config.training.get("parallel", "jit")
   n_devices = jax.device_count() if mode == "jit" else jax.local_device_count() * jax.process_count()
   parallel.check_batch_size(config.training.batch_size, n_devices, "training.batch_size")
@@ -194,23 +191,10 @@ def make_sample_fn(exp: Experiment, batch_size: int):
 
   Sample ``offset + b`` draws all its noise from ``fold_in(key, offset + b)``.
   """
-  c = exp.config
   shape = (batch_size,) + exp.image_shape
-  if c.sampling.method == "pc":
-    kwargs = builders.sampler_kwargs(c)
-    nfe = sampling.pc_nfe(exp.sde.N, kwargs["n_steps"], kwargs["predictor"], kwargs["corrector"])
 
-    def fn(params, key, offset):
-      x, _ = sampling.pc_sample(key, exp.sde, _score_fn(exp, params), shape, sample_offset=offset, **kwargs)
-      return x, jnp.asarray(nfe)
-  else:
-    s = c.sampling
-
-    def fn(params, key, offset):
-      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(batch_size))
-      z = jax.vmap(lambda k: exp.sde.prior_sampling(k, exp.image_shape))(keys)
-      return sampling.ode_sample(None, exp.sde, _score_fn(exp, params), shape, z=z, rtol=s.ode_rtol,
-                                 atol=s.ode_atol, eps=s.eps, denoise=s.noise_removal)
+  def fn(params, key, offset):
+    return builders.build_sampler(exp.config, exp.sde, _score_fn(exp, params), shape)(key, offset)
 
   if exp.n_devices > 1 and batch_size % exp.n_devices == 0 and jax.process_count() == 1:
     mesh = parallel.make_mesh()

@@ -46,6 +46,12 @@ SCORE_JAX_FIELDS = {
     "eval.fid_stats": "",
     "data.root": "",
     "data.data_dir": "",
+    "sampling.N": 0,
+    "sampling.ode_solver": "tsit5",
+    "sampling.ode_steps": 0,
+    "sampling.schedule": "",
+    "sampling.eta": 0.0,
+    "sampling.rho": 7.0,
 }
 SCORE_JAX_DERIVED = {"training.loss"}  # checked by test_training_loss_follows_sde_and_continuous
 

@@ -8,6 +8,7 @@ DDIM with eta = 1 included, which follows the reverse SDE rather than the ODE.
 """
 
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ from test_sampling_oracle import (
   statistics,
 )
 
-from score_jax import fast_sampling, sampling
+from score_jax import builders, configs_loader, fast_sampling, sampling
 
 METHODS = ("ddim", "dpm_solver", "heun")
 ORDER = {"ddim": 1, "dpm_solver": 2, "heun": 2}
@@ -192,3 +193,50 @@ def test_bad_input(kwargs, message):
   with pytest.raises(ValueError) as info:
     fast_sampling.fast_sample(method, jax.random.PRNGKey(0), make_sde("vpsde", 10), never_called, (4, 2), **args)
   assert message in str(info.value)
+
+
+TOY = configs_loader.load_config(pathlib.Path(__file__).parents[1] / "configs" / "toy" / "gmm2d.py")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"method": "ddpm"}, "sampling.method='ddpm'; expected one of ['pc', 'ode', 'ddim', 'dpm_solver', 'heun']"),
+    ({"method": "ddim", "schedule": "cosine"}, "sampling.schedule='cosine'; expected one of"),
+    ({"method": "heun", "eta": 0.5}, "sampling.eta=0.5 is DDIM's stochasticity; sampling.method='heun'"),
+    ({"method": "ddim", "N": -2}, "sampling.N=-2; expected an integer >= 0"),
+    ({"method": "ode", "ode_solver": "rk4"}, "sampling.ode_solver='rk4', sampling.ode_steps=0: Unknown ODE solver"),
+    ({"method": "ode", "ode_solver": "euler"}, "'euler' has no error estimate"),
+    ({"method": "pc", "predictor": "heun"}, "Unknown predictor 'heun'"),
+    ({"method": "pc", "n_steps_each": -1}, "n_steps_each=-1; expected an integer >= 0"),
+])
+def test_bad_sampler_settings_name_the_field(overrides, message):
+  """(Values of the wrong type are refused by ml_collections itself when the field is set.)"""
+  config = TOY.copy_and_resolve_references()
+  for name, value in overrides.items():
+    config.sampling[name] = value
+  with pytest.raises(ValueError) as info:
+    builders.sampler_settings(config)
+  assert message in str(info.value)
+
+
+def test_discrete_model_keeps_its_noise_levels():
+  config = TOY.copy_and_resolve_references()
+  config.training.continuous, config.sampling.N = False, 10
+  with pytest.raises(ValueError, match="sampling.N=10 differs from model.num_scales=1000"):
+    builders.sampler_settings(config)
+
+
+@pytest.mark.parametrize("method", builders.SAMPLING_METHODS)
+def test_build_sampler_runs_every_method_with_its_nfe(method):
+  """The config-level sampler: shapes, finite samples, and the NFE each method reports."""
+  config = TOY.copy_and_resolve_references()
+  # VP's DDPM betas need N > beta_max = 20 steps to stay below 1 (the PC predictor uses them).
+  config.sampling.method, config.sampling.N = method, 25 if method == "pc" else 4
+  sde = builders.build_sde(config)
+  sample = builders.build_sampler(config, sde, gaussian_score_fn(sde), (3, 2))
+  x, nfe = jax.jit(sample)(jax.random.PRNGKey(0), 0)
+  assert x.shape == (3, 2) and np.all(np.isfinite(np.asarray(x)))
+  expected = {"pc": 25 * 2, "ddim": 5, "dpm_solver": 5, "heun": 9}
+  if method == "ode":
+    assert int(nfe) > 7
+  else:
+    assert int(nfe) == expected[method]

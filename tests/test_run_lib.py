@@ -123,6 +123,16 @@ def test_eval_reports_loss_and_bpd_with_standard_errors(trained):
   assert saved["bpd"] == pytest.approx(result["bpd"])
 
 
+def test_sample_with_a_fast_sampler(trained):
+  """``sampling.method`` picks a fast sampler with ``sampling.N`` steps; its directory and NFE say so."""
+  config = tiny_config(trained["data"], **{"sampling.method": "heun", "sampling.N": 2, "eval.batch_size": 4})
+  result = run_lib.sample(config, trained["workdir"], num_samples=4, progress=False)
+  assert result["nfe_per_sample"] == 2 * 2 + 1  # two Heun steps and the final denoising
+  assert result["directory"].endswith("step_4_heun")
+  images = run_lib.load_samples(result["directory"])
+  assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8 and images.std() > 0
+
+
 def test_sample_chunks_resume_and_do_not_depend_on_chunk_size(trained, tmp_path):
   workdir = trained["workdir"]
   # predictor only: every draw comes from the sample's own key, so chunking cannot matter
