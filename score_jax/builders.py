@@ -286,6 +286,10 @@ def sampler_settings(config: ml_collections.ConfigDict) -> dict:
     if not config.training.get("continuous", True) and n != config.model.num_scales:
       raise ValueError(f"sampling.N={n} differs from model.num_scales={config.model.num_scales}, but the model "
                        "is discrete-time (training.continuous=False) and only knows its own noise levels.")
+    if str(config.training.sde).lower() in ("vpsde", "subvpsde") and config.model.beta_max >= n:
+      raise ValueError(f"sampling.N={n} is too few steps for the PC sampler under {config.training.sde}: its DDPM "
+                       f"discretisation needs beta_i = beta_max / N < 1 (model.beta_max={config.model.beta_max}); "
+                       f"use sampling.N > {config.model.beta_max:g}, or a fast sampler (ddim, dpm_solver, heun).")
     kwargs = sampler_kwargs(config)
     _sampler_int(kwargs["n_steps"], "sampling.n_steps_each", 0)
     _sampler_float(kwargs["snr"], "sampling.snr", 0.0)

@@ -207,6 +207,7 @@ TOY = configs_loader.load_config(pathlib.Path(__file__).parents[1] / "configs" /
     ({"method": "ode", "ode_solver": "euler"}, "'euler' has no error estimate"),
     ({"method": "pc", "predictor": "heun"}, "Unknown predictor 'heun'"),
     ({"method": "pc", "n_steps_each": -1}, "n_steps_each=-1; expected an integer >= 0"),
+    ({"method": "pc", "N": 10}, "sampling.N=10 is too few steps for the PC sampler under vpsde"),
 ])
 def test_bad_sampler_settings_name_the_field(overrides, message):
   """(Values of the wrong type are refused by ml_collections itself when the field is set.)"""

@@ -1,0 +1,491 @@
+r"""Sampler ablations: run a grid of ``sampling.*`` settings on one trained model and tabulate quality per NFE.
+
+  python -m score_jax.ablate --config configs/toy/gmm2d.py --workdir runs/gmm2d --out runs/gmm2d/ablation \
+      --num_samples 4096 --grid sampling.method=ddim,dpm_solver,heun --grid sampling.N=5,10,20,50
+
+  python -m score_jax.ablate --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/ve --out runs/ve/abl \
+      --num_samples 10000 --grid sampling.predictor=reverse_diffusion,euler_maruyama --grid sampling.snr=0.12,0.16
+
+RUN_DIR (``--workdir``) is a launcher run directory; its latest checkpoint (EMA weights) is used, or
+``--checkpoint`` (a step, or a converted original checkpoint) for image models. Each ``--grid KEY=V1,V2,...``
+names a ``sampling.*`` field of the config and its values (parsed as the field's type); the product of all
+grids is run, every cell from the same seed (``config.seed``), so the cells share their prior draws.
+
+Written to OUT_DIR:
+  results.csv, results.md   one row per cell: the grid values, metric(s), NFE, wall time, samples/s
+  quality_vs_nfe.png        the metric against NFE for every cell
+  sweep_<field>.png         the metric against each swept field, one line per setting of the others
+  samples.png               the cells' samples side by side
+  cells/<id>/               each cell's samples and result.json; a finished cell is never recomputed, so a
+                            killed or extended run picks up where it stopped
+
+Metrics: for the 2-D default (data.dataset=gmm2d) the exact ones: sliced Wasserstein-2 and MMD to samples of
+the true mixture (with their true-vs-true floor) and the mean NLL of the samples under the true mixture
+(against the mixture's entropy, the NLL of true samples). For images: FID / IS / KID with the FID Inception
+weights (eval.inception_weights or $SCORE_JAX_INCEPTION_WEIGHTS) and eval.fid_stats when both are present;
+otherwise only NFE and speed. Wall time excludes compilation (reported apart) and metric computation.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from score_jax import builders, fileio
+
+__all__ = ["parse_grid", "make_cells", "run_ablation", "main"]
+
+TOY_DATASETS = ("gmm2d",)
+SECTION = "sampling"  # grid keys: the checkpoint fixes the model and the SDE, so only the sampler varies
+_MAX_PANELS = 16  # cells drawn in samples.png
+_MAX_LINES = 10  # lines per sweep plot
+_TRUE_STREAM, _FLOOR_STREAM, _SAMPLE_STREAM, _SW_STREAM = 101, 102, 103, 104
+
+
+# ---- the grid ------------------------------------------------------------------------------------------------
+
+def _parse_value(text: str, current: Any, key: str):
+  """``text`` as the type of the field's ``current`` value."""
+  text = text.strip()
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"--grid {key}: {text!r} is not a boolean (true/false).")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ValueError(f"--grid {key}: {text!r} is not an integer ({key} is an int).") from None
+  if isinstance(current, float):
+    try:
+      value = float(text)
+    except ValueError:
+      raise ValueError(f"--grid {key}: {text!r} is not a number ({key} is a float).") from None
+    if not np.isfinite(value):
+      raise ValueError(f"--grid {key}: {text!r} is not a finite number.")
+    return value
+  if isinstance(current, str):
+    return text
+  raise ValueError(f"--grid {key}: fields of type {type(current).__name__} cannot be swept.")
+
+
+def parse_grid(config: ml_collections.ConfigDict, specs: list[str]) -> dict[str, list]:
+  """``['sampling.snr=0.1,0.2', ...]`` -> ``{'sampling.snr': [0.1, 0.2], ...}``, checked against ``config``."""
+  if not specs:
+    raise ValueError("give at least one --grid sampling.FIELD=V1,V2,... (e.g. --grid sampling.N=10,20,50).")
+  grid: dict[str, list] = {}
+  for spec in specs:
+    key, sep, values = spec.partition("=")
+    key = key.strip()
+    if not sep or not values.strip():
+      raise ValueError(f"--grid {spec!r}: expected KEY=V1,V2,... such as sampling.snr=0.12,0.16.")
+    section, _, field = key.partition(".")
+    if section != SECTION or not field:
+      raise ValueError(f"--grid key {key!r}: only {SECTION}.* fields can be swept (the checkpoint fixes the model "
+                       "and the SDE).")
+    if field not in config[SECTION]:
+      raise ValueError(f"--grid key {key!r} is not a config field; {SECTION} has {sorted(config[SECTION].keys())}.")
+    if key in grid:
+      raise ValueError(f"--grid key {key!r} is given twice; list all its values in one --grid.")
+    parsed = [_parse_value(v, config[SECTION][field], key) for v in values.split(",")]
+    if len(set(map(repr, parsed))) != len(parsed):
+      raise ValueError(f"--grid {key}: repeated values in {values!r}.")
+    grid[key] = parsed
+  return grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One grid point: its overrides, its config, the checked sampler settings, and its directory name."""
+
+  overrides: dict
+  config: ml_collections.ConfigDict
+  settings: dict
+  cell_id: str
+
+  @property
+  def label(self) -> str:
+    return ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in self.overrides.items())
+
+
+def make_cells(config: ml_collections.ConfigDict, grid: dict[str, list], fingerprint: dict) -> list[Cell]:
+  """Every cell of the product grid, each checked (``builders.sampler_settings``) before any sampling."""
+  cells = []
+  for values in itertools.product(*grid.values()):
+    overrides = dict(zip(grid, values))
+    cell_config = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+      cell_config[SECTION][key.split(".", 1)[1]] = value
+    try:
+      settings = builders.sampler_settings(cell_config)
+    except ValueError as e:
+      raise ValueError(f"grid cell {overrides}: {e}") from None
+    identity = dict(fingerprint, sampling=cell_config[SECTION].to_dict())
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cells.append(Cell(overrides, cell_config, settings, digest))
+  return cells
+
+
+# ---- the model and the metric of each kind of config ----------------------------------------------------
+
+@dataclasses.dataclass
+class _Target:
+  """How to sample one cell and score its samples: the 2-D default or an image model."""
+
+  make_sample_fn: Callable[[ml_collections.ConfigDict, int], Callable]  # (config, batch) -> fn(key, offset)
+  to_output: Callable[[jax.Array], np.ndarray]  # samples as saved (float 2-D points or uint8 images)
+  metric_fn: Callable[[pathlib.Path, np.ndarray], dict] | None
+  primary: str | None  # the metric plotted against NFE (lower is better)
+  reference: dict  # numbers every cell is compared with (noise floors), for the table
+  checkpoint: str
+  kind: str
+
+
+def _toy_target(config, workdir, num_samples: int) -> _Target:
+  from score_jax import gmm, metrics, toy
+
+  state = toy.load_state(config, str(workdir))  # a checkpoint that does not fit the config fails here
+  sde, score_fn = toy._score_fn(config, state)
+  mixture = gmm.default_mixture()
+  key = jax.random.PRNGKey(config.seed)
+  true = np.asarray(mixture.sample(jax.random.fold_in(key, _TRUE_STREAM), num_samples))
+  floor = np.asarray(mixture.sample(jax.random.fold_in(key, _FLOOR_STREAM), num_samples))
+  sw_key = jax.random.fold_in(key, _SW_STREAM)
+  entropy = float(-np.mean(np.asarray(mixture.log_prob(jnp.asarray(true)))))
+
+  def metric_fn(_, x):
+    x = np.asarray(x, np.float32)
+    if not np.all(np.isfinite(x)):
+      return dict(sliced_w2=float("nan"), mmd=float("nan"), nll=float("nan"), finite=False)
+    return dict(sliced_w2=float(metrics.sliced_wasserstein(sw_key, jnp.asarray(true), jnp.asarray(x))),
+                mmd=float(metrics.mmd_rbf(jnp.asarray(true), jnp.asarray(x))),
+                nll=float(-np.mean(np.asarray(mixture.log_prob(jnp.asarray(x))))), finite=True)
+
+  reference = dict(sliced_w2=float(metrics.sliced_wasserstein(sw_key, jnp.asarray(true), jnp.asarray(floor))),
+                   mmd=float(metrics.mmd_rbf(jnp.asarray(true), jnp.asarray(floor))), nll=entropy)
+
+  def make(cell_config, batch):
+    return builders.build_sampler(cell_config, sde, score_fn, (batch, mixture.dim))
+
+  digest = hashlib.sha256((pathlib.Path(workdir) / toy.CHECKPOINT).read_bytes()).hexdigest()[:12]
+  return _Target(make, lambda x: np.asarray(x, np.float32), metric_fn, "sliced_w2", reference,
+                 f"{toy.CHECKPOINT} (sha256 {digest}...)", "toy")
+
+
+def _image_target(config, workdir, checkpoint) -> _Target:
+  from score_jax import run_lib
+
+  exp = run_lib.setup(config)
+  params, tag, _ = run_lib._load_params(exp, workdir, checkpoint)  # mismatching checkpoints fail here
+  weights = config.eval.get("inception_weights", "") or os.environ.get("SCORE_JAX_INCEPTION_WEIGHTS", "")
+  stats = config.eval.get("fid_stats", "")
+  metric_fn, primary = None, None
+  if weights and stats:
+    from score_jax import eval as sample_eval
+    from score_jax import metrics
+
+    if not pathlib.Path(weights).is_file():
+      raise FileNotFoundError(f"FID Inception weights {weights!r} (eval.inception_weights or "
+                              "$SCORE_JAX_INCEPTION_WEIGHTS) do not exist.")
+    metrics.load_stats(stats)  # readable and sane before any sampling
+    with np.load(stats) as f:
+      reference = f["pool_3"] if "pool_3" in f.files else None
+    feature_fn = sample_eval.inception_feature_fn(weights)
+
+    def metric_fn(cell_dir, _):
+      return sample_eval.sample_metrics(cell_dir, feature_fn, stats=stats, reference_features=reference,
+                                        progress=False)
+    primary = "fid"
+  else:
+    logging.warning("no FID Inception weights and/or eval.fid_stats: the table has NFE and speed only.")
+
+  def make(cell_config, batch):
+    fn = run_lib.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch)
+    return lambda key, offset: fn(params, key, offset)
+
+  return _Target(make, lambda x: run_lib._to_uint8(exp, x), metric_fn, primary, {}, tag, "images")
+
+
+# ---- running the cells ---------------------------------------------------------------------------------------
+
+def _run_cell(cell: Cell, target: _Target, num_samples: int, batch_size: int, key, cell_dir: pathlib.Path,
+              progress: bool) -> dict:
+  """Sample ``num_samples`` in batches (compiled ahead, then timed), save them, compute the metric."""
+  sample_fn = jax.jit(target.make_sample_fn(cell.config, batch_size))
+  t0 = time.perf_counter()
+  compiled = sample_fn.lower(key, np.int32(0)).compile()
+  compile_s = time.perf_counter() - t0
+  outputs, nfes, wall = [], [], 0.0
+  for start in tqdm(range(0, num_samples, batch_size), desc=cell.label[:40], unit="batch", leave=False,
+                    disable=not progress):
+    t0 = time.perf_counter()
+    x, nfe = compiled(key, np.int32(start))
+    x = jax.block_until_ready(x)
+    wall += time.perf_counter() - t0
+    outputs.append(target.to_output(x)[: num_samples - start])
+    nfes.append(float(nfe))
+  samples = np.concatenate(outputs)
+  cell_dir.mkdir(parents=True, exist_ok=True)
+  if target.kind == "images":  # the chunk format of --mode sample, so score_jax.eval can read it
+    fileio.savez(str(cell_dir / "samples_0000000.npz"), images=samples, index=np.arange(len(samples)))
+  else:
+    fileio.savez(str(cell_dir / "samples.npz"), samples=samples)
+  result = dict(cell=cell.cell_id, **{k: v for k, v in cell.overrides.items()}, method=cell.settings["method"],
+                nfe=float(np.mean(nfes)), wall_s=wall, compile_s=compile_s, samples_per_s=num_samples / wall,
+                num_samples=num_samples)
+  if target.metric_fn is not None:
+    result.update(target.metric_fn(cell_dir, samples))
+  fileio.write_json(str(cell_dir / "result.json"), result)
+  return result
+
+
+def _load_cell(cell_dir: pathlib.Path, cell: Cell, num_samples: int) -> dict | None:
+  path = cell_dir / "result.json"
+  if not path.exists():
+    return None
+  try:
+    result = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  return result if result.get("cell") == cell.cell_id and result.get("num_samples") == num_samples else None
+
+
+def run_ablation(config: ml_collections.ConfigDict, workdir, out, grid_specs: list[str], *, num_samples: int,
+                 batch_size: int | None = None, checkpoint: str | None = None, progress: bool = True,
+                 command: str = "") -> dict:
+  """Run (or resume) the grid and write the table and the plots; returns ``{'rows': [...], ...}``.
+
+  Everything that can be wrong with the input (grid keys and values, sampler names, the checkpoint) fails
+  before the first cell is sampled.
+  """
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
+    raise ValueError(f"--num_samples must be an integer >= 2; got {num_samples!r}.")
+  batch_size = int(batch_size or config.eval.batch_size)
+  if batch_size < 1:
+    raise ValueError(f"--batch_size must be >= 1; got {batch_size}.")
+  batch_size = min(batch_size, num_samples)
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  toy = config.data.dataset in TOY_DATASETS
+  if toy and checkpoint not in (None, ""):
+    raise ValueError("--checkpoint applies to image models; the 2-D default keeps one checkpoint in --workdir.")
+  grid = parse_grid(config, grid_specs)
+  make_cells(config, grid, {})  # every cell's sampler settings, before the model is loaded
+  target = _toy_target(config, workdir, num_samples) if toy else _image_target(config, workdir, checkpoint)
+  # A cell is identified by everything its samples depend on, so a retrained checkpoint gets new cells.
+  fingerprint = dict(workdir=str(workdir.resolve()), checkpoint=target.checkpoint, seed=int(config.seed),
+                     model=config.model.to_dict(), training_sde=str(config.training.sde), num_samples=num_samples,
+                     batch_size=batch_size)
+  cells = make_cells(config, grid, fingerprint)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SAMPLE_STREAM)
+  rows, computed = [], 0
+  for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress):
+    cell_dir = out / "cells" / cell.cell_id
+    row = _load_cell(cell_dir, cell, num_samples)
+    if row is None:
+      row = _run_cell(cell, target, num_samples, batch_size, key, cell_dir, progress)
+      computed += 1
+    rows.append(row)
+  _write_outputs(out, grid, cells, rows, target, command)
+  return dict(rows=rows, cells_computed=computed, cells_reused=len(cells) - computed, out=str(out),
+              checkpoint=target.checkpoint, reference=target.reference)
+
+
+# ---- tables and plots ----------------------------------------------------------------------------------------
+
+def _columns(grid, rows, target) -> list[str]:
+  metric_cols = [k for k in ("sliced_w2", "mmd", "nll", "fid", "inception_score", "kid") if k in rows[0]]
+  method = [] if f"{SECTION}.method" in grid else ["method"]
+  return list(grid) + method + ["nfe"] + metric_cols + ["wall_s", "compile_s", "samples_per_s", "num_samples",
+                                                         "cell"]
+
+
+def _fmt(value) -> str:
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return str(value)
+
+
+def _write_outputs(out: pathlib.Path, grid, cells, rows, target, command: str) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  cols = _columns(grid, rows, target)
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(rows)
+  fileio.write_bytes(str(out / "results.csv"), buffer.getvalue().encode())
+
+  lines = ["# Sampler ablation", ""]
+  if command:
+    lines += ["```", command, "```", ""]
+  lines += [f"Checkpoint: `{target.checkpoint}`; {rows[0]['num_samples']} samples per cell; wall time excludes "
+            "compilation (`compile_s`) and the metric.", ""]
+  if target.reference:
+    ref = target.reference
+    lines += [f"Exact references (true vs true samples of the same size): sliced W2 {ref['sliced_w2']:.4f}, "
+              f"MMD {ref['mmd']:.2e}; NLL of true samples (mixture entropy) {ref['nll']:.4f} nats.", ""]
+  elif target.primary is None:
+    lines += ["No FID Inception weights / statistics were given: NFE and speed only.", ""]
+  lines.append("| " + " | ".join(c.split(".", 1)[-1] for c in cols) + " |")
+  lines.append("|" + "---|" * len(cols))
+  for row in rows:
+    lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |")
+  lines += ["", "![quality vs NFE](quality_vs_nfe.png)", "", "![samples](samples.png)", ""]
+  fileio.write_bytes(str(out / "results.md"), "\n".join(lines).encode())
+  _plots(out, grid, cells, rows, target)
+
+
+def _plots(out: pathlib.Path, grid, cells, rows, target) -> None:
+  from score_jax.plots import plt  # pyplot on the Agg backend
+
+  metric = target.primary
+  if metric is not None:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row, cell in zip(rows, cells):
+      ax.scatter(row["nfe"], row[metric], s=18)
+      ax.annotate(cell.label, (row["nfe"], row[metric]), fontsize=6, alpha=0.8)
+    if metric in target.reference:
+      ax.axhline(target.reference[metric], ls="--", color="gray", label="true vs true")
+      ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE (score evaluations per sample)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs NFE (lower is better)")
+    fig.tight_layout()
+    fileio.savefig(fig, str(out / "quality_vs_nfe.png"))
+    plt.close(fig)
+    for key, values in grid.items():
+      if len(values) < 2:
+        continue
+      others = [k for k in grid if k != key]
+      fig, ax = plt.subplots(figsize=(6, 4.5))
+      groups: dict[tuple, list] = {}
+      for row in rows:
+        groups.setdefault(tuple(row[k] for k in others), []).append(row)
+      numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+      for n, (group_key, group) in enumerate(groups.items()):
+        if n == _MAX_LINES:
+          break
+        group = sorted(group, key=lambda r: values.index(r[key]))
+        xs = [r[key] if numeric else values.index(r[key]) for r in group]
+        label = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in zip(others, group_key)) or None
+        ax.plot(xs, [r[metric] for r in group], marker="o", label=label)
+      if not numeric:
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+      if metric in target.reference:
+        ax.axhline(target.reference[metric], ls="--", color="gray")
+      ax.set_xlabel(key)
+      ax.set_ylabel(metric)
+      if others:
+        ax.legend(fontsize=7)
+      fig.tight_layout()
+      fileio.savefig(fig, str(out / f"sweep_{key.split('.', 1)[1]}.png"))
+      plt.close(fig)
+  _samples_figure(out, cells, rows, target)
+
+
+def _samples_figure(out: pathlib.Path, cells, rows, target) -> None:
+  from score_jax.plots import plt
+
+  shown = list(zip(cells, rows))[:_MAX_PANELS]
+  ncol = min(4, len(shown))
+  nrow = -(-len(shown) // ncol)
+  fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.4 * nrow), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, (cell, row) in zip(axes.flat, shown):
+    cell_dir = out / "cells" / cell.cell_id
+    if target.kind == "toy":
+      with np.load(cell_dir / "samples.npz") as f:
+        pts = f["samples"][:4096]
+      ax.scatter(pts[:, 0], pts[:, 1], s=0.6, alpha=0.5, color="tab:red")
+      ax.set_xlim(-5, 5)
+      ax.set_ylim(-5, 5)
+      ax.set_aspect("equal")
+    else:
+      with np.load(cell_dir / "samples_0000000.npz") as f:
+        images = f["images"][:16]
+      grid = fileio.image_grid(images, ncol=4)
+      ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None)
+    metric = f", {target.primary} {row[target.primary]:.3g}" if target.primary else ""
+    ax.set_title(f"{cell.label}\nNFE {row['nfe']:.0f}{metric}", fontsize=7)
+  fig.tight_layout()
+  fileio.savefig(fig, str(out / "samples.png"))
+  plt.close(fig)
+
+
+# ---- command line --------------------------------------------------------------------------------------------
+
+FLAGS = None  # absl flags, defined by run() so that importing this module defines none
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Path to the ml-collections config of the run in --workdir.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Launcher run directory whose latest checkpoint is used.")
+  flags.DEFINE_string("out", None, "Output directory for results.csv, results.md, the plots and cells/.")
+  flags.DEFINE_integer("num_samples", None, "Samples per cell.")
+  flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: a sampling.* field and its values (repeatable).")
+  flags.DEFINE_integer("batch_size", None, "Samples per batch (default: eval.batch_size).")
+  flags.DEFINE_string("checkpoint", None, "Image models: a step or a converted original checkpoint directory.")
+  flags.DEFINE_bool("progress", True, "Show progress bars.")
+  flags.DEFINE_bool("traceback", False, "Show the Python traceback of errors in the input.")
+  flags.mark_flags_as_required(["config", "workdir", "out", "num_samples"])
+  return flags.FLAGS
+
+
+def main(argv):
+  from absl import app
+
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}; config fields are set as --config.section.field=value.")
+  logging.getLogger().setLevel(logging.INFO)
+  f = FLAGS
+  command = "python -m score_jax.ablate " + " ".join(a for a in sys.argv[1:] if not a.startswith("--progress"))
+  try:
+    result = run_ablation(f.config, f.workdir, f.out, f.grid, num_samples=f.num_samples, batch_size=f.batch_size,
+                          checkpoint=f.checkpoint, progress=f.progress, command=command)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    if f.traceback:
+      raise
+    print(f"score_jax.ablate: error: {e}\n(--traceback shows where it was raised)", file=sys.stderr, flush=True)
+    sys.exit(1)
+  print((pathlib.Path(result["out"]) / "results.md").read_text())
+  print(f"{result['cells_computed']} cells computed, {result['cells_reused']} reused; {result['out']}")
+
+
+def run():
+  from absl import app
+
+  from score_jax import configs_loader
+
+  global FLAGS
+  FLAGS = _define_flags()
+  configs_loader.make_importable_from_argv(sys.argv)
+  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
