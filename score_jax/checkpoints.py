@@ -69,7 +69,7 @@ SUBDIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
 # Config sections whose values fix the parameter tree and the data stream; a resume under other values is refused.
-FINGERPRINT_SECTIONS = ("model", "data")
+FINGERPRINT_SECTIONS = ("model", "data", "classifier")  # a section a config lacks is skipped
 _COMMIT_MARKER = "commit_success.txt"  # written by orbax before the temporary directory is renamed
 _STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step JSON; gets commit_timestamp_nsecs at finalisation
 _MAX_LISTED = 5  # mismatches named in an error message

@@ -465,6 +465,13 @@ class Dataset:
   def __len__(self) -> int:
     return self.num_examples
 
+  @property
+  def labels(self) -> np.ndarray | None:
+    """Every label of the split (int [num_examples]) where the source holds them in memory ('npz' and 'folder'
+    data); None for sources read example by example (tfds, TFRecords) or without labels."""
+    labels = getattr(self._source, "labels", None) if self.has_labels else None
+    return None if labels is None else np.asarray(labels)
+
   def _load(self, index: int) -> tuple[np.ndarray, int | None]:
     image, label = self._source.read(int(index))
     image = self._preprocess_fn(np.asarray(image, np.uint8), self.image_shape[0])

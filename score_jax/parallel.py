@@ -114,8 +114,9 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
 
   Returns:
     ``pstep(state, xs, key) -> (state, metrics)``: ``state`` laid out by :func:`replicate` for ``mode``; ``xs``
-    this host's stacked batch ``[n, B, ...]`` (for 'jit' also the output of :func:`shard_batch`); ``metrics``
-    a dict of ``[n]`` arrays. Raises ValueError, before running, if ``B`` is not divisible by the devices.
+    this host's stacked batch ``[n, B, ...]`` or a pytree of them, e.g. (images, labels) (for 'jit' also the
+    output of :func:`shard_batch`); ``metrics`` a dict of ``[n]`` arrays. Raises ValueError, before running, if
+    ``B`` is not divisible by the devices.
   """
   from score_jax import train  # the fused scan; train never imports this module
 
@@ -135,7 +136,7 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
     p_fused = jax.pmap(fused, axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=donate_argnums)
 
     def pstep(state, xs, key):
-      state, metrics = p_fused(state, shard_batch(xs, "pmap"), key)
+      state, metrics = p_fused(state, jax.tree_util.tree_map(lambda a: shard_batch(a, "pmap"), xs), key)
       return state, unreplicate(metrics, "pmap")  # pmean'd: the same on every device
 
     return pstep
@@ -147,9 +148,10 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
                     out_shardings=(replicated, replicated), donate_argnums=donate_argnums)
 
   def jstep(state, xs, key):
-    if not (isinstance(xs, jax.Array) and xs.sharding == batch_sharding):
-      xs = shard_batch(xs, "jit", mesh)
-    return j_fused(state, xs, key)
+    def place(a):  # each leaf of the batch (images, and labels for a classifier)
+      return a if isinstance(a, jax.Array) and a.sharding == batch_sharding else shard_batch(a, "jit", mesh)
+
+    return j_fused(state, jax.tree_util.tree_map(place, xs), key)
 
   return jstep
 

@@ -1,5 +1,7 @@
 """Train, evaluate and sample the image score models: what ``python -m score_jax.main`` runs for image configs.
 
+Classifier configs (``configs/classifier/``, :mod:`score_jax.classifier`) train and evaluate with the same loop.
+
 Everything is driven by one config (the original's field names, see ``configs/``) and one work directory::
 
   DIR/checkpoints/<step>/          orbax checkpoints (score_jax.checkpoints): params, EMA, optimizer state, step
@@ -7,6 +9,7 @@ Everything is driven by one config (the original's field names, see ``configs/``
   DIR/train_log.jsonl              one JSON line per logged step (loss, grad norm, images/s, eval loss)
   DIR/snapshots/step_<k>/          sample grid (grid.png) and samples (samples.npz) at each periodic snapshot
   DIR/eval/<checkpoint>.json       --mode eval: test loss and bits/dim, each with its standard error
+                                   (classifiers: test accuracy, overall and per noise-level bin)
   DIR/samples/<checkpoint>_<method>/  --mode sample: samples_<start>.npz chunks, grid.png, meta.json
 
 Randomness comes from ``config.seed`` alone: ``fold_in(PRNGKey(seed), stream)`` gives the initialisation,
@@ -34,7 +37,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import builders, checkpoints, datasets, fileio, likelihood, models, parallel, sde_lib, train
+from score_jax import builders, checkpoints, classifier, datasets, fileio, likelihood, models, parallel, sde_lib, train
 
 __all__ = ["Experiment", "setup", "train_and_evaluate", "dry_run", "evaluate", "sample", "load_samples",
            "sample_chunks", "summary_line", "STREAM_INIT", "STREAM_TRAIN", "STREAM_SNAPSHOT", "STREAM_EVAL",
@@ -63,6 +66,8 @@ class Experiment:
     image_shape: ``(H, W, C)`` of one example.
     abstract_state: the :class:`score_jax.train.TrainState` as shapes and dtypes (``jax.eval_shape``).
     n_params: number of network parameters.
+    task: ``'score'``, or ``'classifier'`` for a noise-conditional classifier (a config with a ``classifier``
+      section, :mod:`score_jax.classifier`): ``model`` is then the classifier and the objective cross-entropy.
   """
 
   config: ml_collections.ConfigDict
@@ -74,6 +79,7 @@ class Experiment:
   image_shape: tuple[int, int, int]
   abstract_state: train.TrainState
   n_params: int
+  task: str = "score"
 
   @property
   def continuous(self) -> bool:
@@ -102,7 +108,7 @@ def n_jitted_steps(config: ml_collections.ConfigDict):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raise ValueError naming the field for settings the image pipeline cannot run, before any work."""
-  if not config.get("model", {}).get("name"):
+  if not builders.is_classifier(config) and not config.get("model", {}).get("name"):
     raise ValueError("model.name is not set: configs/default_*_configs.py hold shared defaults, not an experiment; "
                      "use an experiment config such as configs/ve/cifar10_ncsnpp_continuous.py.")
   t = config.training
@@ -124,7 +130,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _positive_int(t.get("snapshot_num_samples", _GRID_MAX), "training.snapshot_num_samples")
   if t.get("parallel", "jit") not in parallel.MODES:
     raise ValueError(f"training.parallel={t.parallel!r}; expected one of {list(parallel.MODES)}.")
-  builders.sampler_settings(config)  # sampling.method and the fields it reads
+  if not builders.is_classifier(config):
+    builders.sampler_settings(config)  # sampling.method and the fields it reads
   e = config.eval
   _positive_int(e.batch_size, "eval.batch_size")
   _positive_int(e.num_samples, "eval.num_samples")
@@ -141,19 +148,31 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
   """Check ``config`` and build its network, SDE and optimizer; the state only as shapes (cheap)."""
   check_config(config)
   sde = builders.build_sde(config)
-  model = builders.build_model(config)
+  task = "classifier" if builders.is_classifier(config) else "score"
+  model = builders.build_classifier(config) if task == "classifier" else builders.build_model(config)
   optimizer = builders.build_optimizer(config)
-  train.loss_kind(config, sde)  # the objective must be defined for this SDE
+  if task == "score":
+    train.loss_kind(config, sde)  # the objective must be defined for this SDE
+  elif config.training.get("snapshot_sampling", False):
+    raise ValueError("training.snapshot_sampling=True, but a classifier config has no sampler; set it to False.")
   mode = config.training.get("parallel", "jit")
   n_devices = jax.device_count() if mode == "jit" else jax.local_device_count() * jax.process_count()
   parallel.check_batch_size(config.training.batch_size, n_devices, "training.batch_size")
   d = config.data
   image_shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
-  abstract = jax.eval_shape(lambda k: train.init_train_state(k, config, model, optimizer),
+  init_label = classifier.INIT_SIGMA if task == "classifier" else 0
+  abstract = jax.eval_shape(lambda k: train.init_train_state(k, config, model, optimizer, init_label=init_label),
                             jax.random.PRNGKey(0))
   n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract.params))
   return Experiment(config=config, model=model, sde=sde, optimizer=optimizer, parallel_mode=mode,
-                    n_devices=n_devices, image_shape=image_shape, abstract_state=abstract, n_params=n_params)
+                    n_devices=n_devices, image_shape=image_shape, abstract_state=abstract, n_params=n_params, task=task)
+
+
+def _objective(exp: Experiment) -> str:
+  c = exp.config
+  if exp.task == "classifier":
+    return f"{c.classifier.name} ({c.classifier.num_classes} classes) {type(exp.sde).__name__} cross-entropy"
+  return f"{c.model.name} {type(exp.sde).__name__} {train.loss_kind(c, exp.sde)}"
 
 
 def summary_line(exp: Experiment, mode: str, extra: str = "") -> str:
@@ -164,8 +183,8 @@ def summary_line(exp: Experiment, mode: str, extra: str = "") -> str:
   per_device = c.training.batch_size // exp.n_devices
   line = (f"score_jax {mode}: {exp.n_devices} x {'/'.join(kinds)} ({jax.default_backend()}, parallel="
           f"{exp.parallel_mode}, {jax.process_count()} host(s)) | batch {c.training.batch_size} ({per_device} per "
-          f"device) | {exp.n_params:,} params | {c.model.name} {type(exp.sde).__name__} "
-          f"{train.loss_kind(c, exp.sde)}{' bf16' if c.training.get('bf16', False) else ''} | seed {c.seed}")
+          f"device) | {exp.n_params:,} params | {_objective(exp)}{' bf16' if c.training.get('bf16', False) else ''} | "
+          f"seed {c.seed}")
   return f"{line} | {extra}" if extra else line
 
 
@@ -244,9 +263,49 @@ def _crossed(before: int, after: int, freq: int) -> bool:
   return freq > 0 and after // freq > before // freq
 
 
-def _abstract_batch(exp: Experiment) -> jax.ShapeDtypeStruct:
+def _abstract_batch(exp: Experiment):
   t = exp.config.training
-  return jax.ShapeDtypeStruct((n_jitted_steps(exp.config), t.batch_size) + exp.image_shape, jnp.float32)
+  lead = (n_jitted_steps(exp.config), t.batch_size)
+  images = jax.ShapeDtypeStruct(lead + exp.image_shape, jnp.float32)
+  return (images, jax.ShapeDtypeStruct(lead, jnp.int32)) if exp.task == "classifier" else images
+
+
+def _train_loss_fn(exp: Experiment):
+  """The ``loss_fn`` of :func:`score_jax.train.make_train_step`: a classifier's cross-entropy, or None (the score
+  objective of the config)."""
+  if exp.task != "classifier":
+    return None
+  t = exp.config.training
+  return classifier.make_loss_fn(exp.model, exp.sde, eps=t.get("eps", 1e-5), bf16=t.get("bf16", False))
+
+
+def _eval_loss_fn(exp: Experiment):
+  """``fn(params, inputs, key, offset) -> [B]`` per-example evaluation losses (jitted)."""
+  if exp.task != "classifier":
+    return jax.jit(train.make_eval_loss_fn(exp.config, exp.model, exp.sde))
+  fn = classifier.make_eval_fn(exp.model, exp.sde, eps=exp.config.training.get("eps", 1e-5))
+  return jax.jit(lambda params, inputs, key, offset: fn(params, inputs, key, offset)["loss"])
+
+
+def _inputs(exp: Experiment, batch: dict):
+  """What a step or an evaluation takes of a data batch: the images, and for a classifier (images, labels)."""
+  if exp.task != "classifier":
+    return batch["image"]
+  classifier.check_labels(batch["label"], exp.config.classifier.num_classes, "a data batch")
+  return batch["image"], batch["label"]
+
+
+def _check_labelled(exp: Experiment, ds: datasets.Dataset, what: str) -> None:
+  """A classifier's data must have labels, in ``[0, classifier.num_classes)`` (checked up front where the source
+  holds them in memory, else batch by batch before each step)."""
+  if exp.task != "classifier":
+    return
+  name = exp.config.data.dataset
+  if not ds.has_labels:
+    raise ValueError(f"the {what} of data.dataset={name!r} has no labels, which a classifier needs (an .npz with "
+                     "'labels' [N], a folder of class subfolders, or a tfds dataset with a 'label' feature).")
+  if ds.labels is not None:
+    classifier.check_labels(ds.labels, exp.config.classifier.num_classes, f"the {what} of data.dataset={name!r}")
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool = True,
@@ -263,12 +322,17 @@ def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool
     a summary: parameter count, devices, the data's size (or None), the checkpoint to resume from (or None).
   """
   exp = setup(config) if exp is None else exp  # ``exp``: a :func:`setup` of this config done before
-  step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer)
+  step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer, loss_fn=_train_loss_fn(exp))
   fused = train.make_fused_train_step(step_fn)
   if trace_step:
     jax.eval_shape(fused, exp.abstract_state, _abstract_batch(exp), jax.random.PRNGKey(0))
-  make_sample_fn(exp, 1)  # builds (traces lazily) the configured sampler
-  num_examples = len(datasets.get_dataset(config, "train", num_threads=1)) if check_data else None
+  if exp.task == "score":
+    make_sample_fn(exp, 1)  # builds (traces lazily) the configured sampler
+  num_examples = None
+  if check_data:
+    train_ds = datasets.get_dataset(config, "train", num_threads=1)
+    _check_labelled(exp, train_ds, "training split")
+    num_examples = len(train_ds)
   resume = None
   if workdir is not None and (pathlib.Path(workdir) / checkpoints.SUBDIR).is_dir():
     with _checkpointer(exp, workdir) as ckpts:
@@ -318,13 +382,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
     raise ValueError(f"training.n_iters={t.n_iters} is less than training.n_jitted_steps={n}: nothing to train.")
   workdir = pathlib.Path(workdir)
   train_ds = datasets.get_dataset(config, "train")
+  _check_labelled(exp, train_ds, "training split")
   eval_freq = int(t.get("eval_freq", 0) or 0)
   eval_ds = datasets.get_dataset(config, "eval") if eval_freq else None
+  if eval_ds is not None:
+    _check_labelled(exp, eval_ds, "evaluation split")
   mode = exp.parallel_mode
   ckpts = _checkpointer(exp, workdir)
   restored = ckpts.restore_latest()  # refuses another config's checkpoints before anything is written
   if restored is None:
-    state = train.init_train_state(exp.key(STREAM_INIT), config, exp.model, exp.optimizer)
+    state = train.init_train_state(exp.key(STREAM_INIT), config, exp.model, exp.optimizer,
+                                   init_label=classifier.INIT_SIGMA if exp.task == "classifier" else 0)
   else:
     state = train.TrainState(**restored)
   start = int(state.step)
@@ -332,14 +400,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
     raise ValueError(f"the checkpoint is at step {start}, not a multiple of training.n_jitted_steps={n}; resume "
                      f"with the n_jitted_steps it was trained with.")
   axis_name = parallel.AXIS_NAME if mode == "pmap" else None
-  step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer, axis_name=axis_name)
+  step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer, axis_name=axis_name,
+                                  loss_fn=_train_loss_fn(exp))
   pstep = parallel.make_parallel_train_step(config, step_fn, mode)
   state = parallel.replicate(state, mode)
   train_key = exp.key(STREAM_TRAIN)
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   writer = _Writer(workdir, enabled=is_main)
-  eval_loss_fn = jax.jit(train.make_eval_loss_fn(config, exp.model, exp.sde)) if eval_freq else None
+  eval_loss_fn = _eval_loss_fn(exp) if eval_freq else None
   sample_fn = None
   extra = f"steps {start} -> {n_iters} ({n} per call) | workdir {workdir}"
   line = summary_line(exp, "train", extra)
@@ -357,7 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
   try:
     step = start
     while step < n_iters:
-      xs = np.stack([next(batches)["image"] for _ in range(n)])  # [n, B_host, H, W, C]
+      inputs = [_inputs(exp, next(batches)) for _ in range(n)]
+      xs = jax.tree_util.tree_map(lambda *a: np.stack(a), *inputs)  # [n, B_host, H, W, C] (and labels [n, B_host])
       state, metrics = pstep(state, xs, train_key)
       step += n
       error = _nan_error(metrics, step, n, ckpts)
@@ -409,7 +479,7 @@ def _eval_batch_loss(exp: Experiment, eval_loss_fn, params, eval_ds: datasets.Da
   index = index % eval_ds.num_eval_batches
   batch = eval_ds.eval_batch(index)
   offset = index * eval_ds.global_batch_size
-  losses = np.asarray(eval_loss_fn(params, batch["image"], exp.key(STREAM_EVAL), offset))
+  losses = np.asarray(eval_loss_fn(params, _inputs(exp, batch), exp.key(STREAM_EVAL), offset))
   return float(losses[batch["mask"]].mean())
 
 
@@ -507,7 +577,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
 
   ``eval.bpd_num_examples`` (0 = all) limits loss and bits/dim to the first examples of the split. The result
   is written to ``workdir/eval/<checkpoint>.json`` and TensorBoard, and returned.
+
+  A classifier config (:func:`score_jax.builders.is_classifier`) reports test accuracy instead
+  (:func:`_evaluate_classifier`).
   """
+  if builders.is_classifier(config):
+    return _evaluate_classifier(config, workdir, checkpoint=checkpoint, progress=progress)
   exp = setup(config)
   e = config.eval
   enable_loss, enable_bpd = bool(e.get("enable_loss", True)), bool(e.get("enable_bpd", False))
@@ -608,6 +683,57 @@ def _eval_bpd(exp: Experiment, params, split: str, progress: bool) -> dict:
   return dict(bpd=mean, bpd_se=se, bpd_examples=count, bpd_repeats=repeats, bpd_mean_nfe=float(np.mean(nfes)))
 
 
+def _evaluate_classifier(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None,
+                         progress: bool) -> dict:
+  """Test accuracy and cross-entropy of a classifier's EMA parameters on perturbed test images (``--mode eval``).
+
+  Each example ``i`` is classified at ``x_t = a(t) x + s(t) z`` with ``t ~ U(training.eps, T)`` drawn from
+  the evaluation key and ``i`` (the training draws), so the numbers do not depend on the batching. Reported:
+  accuracy and loss overall (mean and standard error over the examples) and accuracy in
+  ``eval.num_noise_bins`` equal bins of ``t`` with the noise levels ``s(t)`` at their edges;
+  ``eval.bpd_num_examples`` (0 = all) limits the examples. Written to ``workdir/eval/<checkpoint>.json``
+  and TensorBoard.
+  """
+  exp = setup(config)
+  n_bins = _positive_int(config.eval.get("num_noise_bins", 10), "eval.num_noise_bins")
+  if checkpoint not in (None, "", "latest") and not re.fullmatch(r"\d+", str(checkpoint)):
+    raise ValueError(f"--checkpoint={checkpoint!r}: a classifier is evaluated from a step of its own --workdir "
+                     "(converted original classifier checkpoints are not supported).")
+  ds = datasets.get_dataset(config, "eval", num_threads=4)
+  _check_labelled(exp, ds, "evaluation split")
+  params, tag, step = _load_params(exp, workdir, checkpoint)
+  line = summary_line(exp, "eval", f"checkpoint {tag}")
+  log.info(line)
+  print(line, flush=True)
+  eps = config.training.get("eps", 1e-5)
+  fn = jax.jit(classifier.make_eval_fn(exp.model, exp.sde, eps=eps))
+  count, n_batches = _eval_limit(config, ds)
+  t0 = time.time()
+  parts: dict[str, list[np.ndarray]] = dict(loss=[], correct=[], t=[])
+  for index in tqdm(range(n_batches), desc="eval accuracy", unit="batch", disable=not progress):
+    batch = ds.eval_batch(index)
+    offset = index * ds.global_batch_size
+    mask = batch["mask"] & (offset + np.arange(batch["image"].shape[0]) < count)
+    out = fn(params, _inputs(exp, batch), exp.key(STREAM_EVAL), offset)
+    for name in parts:
+      parts[name].append(np.asarray(out[name])[mask])
+  loss, correct, t = (np.concatenate(parts[name]) for name in ("loss", "correct", "t"))
+  accuracy, accuracy_se = _mean_se(correct.astype(np.float64))
+  mean_loss, loss_se = _mean_se(loss)
+  result: dict[str, Any] = dict(checkpoint=tag, step=step, accuracy=accuracy, accuracy_se=accuracy_se, loss=mean_loss,
+                                loss_se=loss_se, examples=count,
+                                bins=classifier.accuracy_by_bins(exp.sde, t, correct, eps=eps, n_bins=n_bins),
+                                seconds=time.time() - t0)
+  if jax.process_index() == 0:
+    out_dir = pathlib.Path(workdir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(str(out_dir / f"{tag}.json"), result)
+    writer = _Writer(pathlib.Path(workdir), enabled=True)
+    writer.scalars(step or 0, {"eval/accuracy": accuracy, "eval/loss": mean_loss})
+    writer.close()
+  return result
+
+
 # ---- sampling ---------------------------------------------------------------------------------------------
 
 
@@ -636,6 +762,9 @@ def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None
   Returns:
     a summary with the output directory, the number of samples and chunks, and the NFE per sample.
   """
+  if builders.is_classifier(config):
+    raise ValueError("--mode sample needs a score-model config; a classifier config (with a 'classifier' section) has "
+                     "nothing to sample.")
   exp = setup(config)
   num = int(num_samples or config.eval.num_samples)
   if num < 1:

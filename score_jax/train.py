@@ -57,7 +57,7 @@ class TrainState:
 
 
 def init_train_state(key: Array, config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
-                     input_shape: tuple[int, ...] | None = None) -> TrainState:
+                     input_shape: tuple[int, ...] | None = None, init_label: float | int = 0) -> TrainState:
   """A fresh state: network initialised from ``key``, EMA equal to the parameters, step 0.
 
   Args:
@@ -67,6 +67,8 @@ def init_train_state(key: Array, config: ml_collections.ConfigDict, model, optim
     optimizer: the optax transformation (:func:`score_jax.builders.build_optimizer`).
     input_shape: shape of a network input ``[B, ...]``, e.g. ``(1, D)``; default
       ``(1, data.image_size, data.image_size, data.num_channels)``.
+    init_label: the conditioning input of the initialisation: an int32 label 0 for score networks (as the
+      original's ``init_model``), a float noise level for the classifiers of :mod:`score_jax.classifier`.
 
   Returns:
     A :class:`TrainState`.
@@ -77,7 +79,7 @@ def init_train_state(key: Array, config: ml_collections.ConfigDict, model, optim
   if len(input_shape) < 2:
     raise ValueError(f"input_shape must be [B, ...] with a batch axis, got {tuple(input_shape)}.")
   x = jnp.zeros(input_shape, jnp.float32)
-  labels = jnp.zeros(input_shape[:1], jnp.int32)  # as the original's init_model
+  labels = jnp.full(input_shape[:1], init_label, jnp.int32 if isinstance(init_label, int) else jnp.float32)
   init = jax.jit(lambda key, x, labels: model.init({"params": key, "dropout": key}, x, labels, train=False))
   variables = init(key, x, labels)  # jitted: eager init of a large network runs op by op
   extra = sorted(set(variables) - {"params"})
@@ -223,7 +225,7 @@ def make_eval_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
-                    optimizer: optax.GradientTransformation, axis_name: str | None = None):
+                    optimizer: optax.GradientTransformation, axis_name: str | None = None, loss_fn=None):
   """One optimizer step as a pure ``step(state, x [B, ...], key) -> (state, metrics)``.
 
   The loss is that of :func:`make_loss_fn`; the update is ``optimizer`` on the gradient (averaged over
@@ -231,16 +233,20 @@ def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
   the EMA follows with ``model.ema_rate``. The step's randomness is ``fold_in(key, state.step)``: pass the
   same ``key`` at every step. The returned function carries its ``axis_name`` as an attribute.
 
+  ``loss_fn(params, x, key_step, offset)`` replaces the score objective, e.g. the cross-entropy of
+  :func:`score_jax.classifier.make_loss_fn`, whose ``x`` is a pytree ``(images [B, ...], labels [B])``.
+
   Returns:
     ``step``; ``metrics`` holds the fp32 scalars ``loss`` and ``grad_norm`` (before clipping), averaged
     over ``axis_name``.
   """
-  loss_fn = make_loss_fn(config, model, sde)
+  loss_fn = make_loss_fn(config, model, sde) if loss_fn is None else loss_fn
   ema_rate = config.model.ema_rate
 
   def step(state: TrainState, x: Array, key: Array):
     key_step = jax.random.fold_in(key, state.step)
-    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * x.shape[0]
+    batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
     loss, grads = jax.value_and_grad(loss_fn)(state.params, x, key_step, offset)
     if axis_name is not None:
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
@@ -270,8 +276,8 @@ def make_fused_train_step(step_fn, unroll: bool | int | None = None):
   """
 
   def steps(state: TrainState, xs: Array, key: Array):
-    if xs.shape[0] == 1:
-      state, metrics = step_fn(state, xs[0], key)
+    if jax.tree_util.tree_leaves(xs)[0].shape[0] == 1:
+      state, metrics = step_fn(state, jax.tree_util.tree_map(lambda a: a[0], xs), key)
       return state, jax.tree_util.tree_map(lambda m: m[None], metrics)
     n_unroll = (jax.default_backend() == "cpu") if unroll is None else unroll
     return jax.lax.scan(lambda s, x: step_fn(s, x, key), state, xs, unroll=n_unroll)

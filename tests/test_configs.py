@@ -1,4 +1,5 @@
-"""Every config under configs/ (except the toy) loads, matches the original's resolved config, and builds.
+"""Every config under configs/ (except the toy and the classifiers: test_toy_*, test_classifier) loads, matches
+the original's resolved config, and builds.
 
 The references are the original's fully resolved configs and parameter trees in
 ``../shared/fixtures/score_sde_jax/param_trees/`` (one JSON per config file). Models are built only through
@@ -23,7 +24,7 @@ JAX_TREES = SHARED / "fixtures" / "score_sde_jax" / "param_trees"
 TORCH_FULL_CONFIGS = SHARED / "fixtures" / "score_sde_pytorch" / "full_configs"
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in CONFIG_DIR.rglob("*.py")
-                 if p.name != "__init__.py" and "toy" not in p.relative_to(CONFIG_DIR).parts)
+                 if p.name != "__init__.py" and not {"toy", "classifier"} & set(p.relative_to(CONFIG_DIR).parts))
 DEFAULTS = [c for c in CONFIGS if pathlib.Path(c).name.startswith("default_")]
 EXPERIMENTS = [c for c in CONFIGS if c not in DEFAULTS]
 

@@ -142,12 +142,14 @@ class WideResnet(nn.Module):
     """
     del train
     if self.input_mean:
-      x = (x - jnp.asarray(self.input_mean, x.dtype)) / jnp.asarray(self.input_std, x.dtype)
-    # Per-image standardisation, the std floored at 1 / sqrt(number of values) (as tf.image's).
+      x = (x - jnp.asarray(self.input_mean, x.dtype)[None, None, None]) / jnp.asarray(self.input_std,
+                                                                                     x.dtype)[None, None, None]
+    # Per-image standardisation, the std floored at 1 / sqrt(number of values) (as tf.image's). The floor is
+    # applied to the variance, which gives the same std and keeps the gradient finite on a constant image.
     n_values = np.prod(x.shape[1:])
     mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
-    std = jnp.maximum(jnp.std(x, axis=(1, 2, 3), keepdims=True), 1.0 / np.sqrt(n_values))
-    x = (x - mean) / std
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) / jnp.sqrt(jnp.maximum(var, 1.0 / n_values))
     temb = models.GaussianFourierProjection(self.embedding_size, self.fourier_scale)(jnp.log(sigma))
     temb = nn.Dense(self.embedding_size * _TEMB_MULT)(temb)
     temb = nn.Dense(self.embedding_size * _TEMB_MULT)(nn.swish(temb))
