@@ -193,7 +193,7 @@ def _toy_target(config, workdir, num_samples: int) -> _Target:
                  f"{toy.CHECKPOINT} (sha256 {digest}...)", "toy")
 
 
-def _image_target(config, workdir, checkpoint) -> _Target:
+def _image_target(config, workdir, checkpoint, feature_fn=None) -> _Target:
   from score_jax import run_lib
 
   exp = run_lib.setup(config)
@@ -201,17 +201,18 @@ def _image_target(config, workdir, checkpoint) -> _Target:
   weights = config.eval.get("inception_weights", "") or os.environ.get("SCORE_JAX_INCEPTION_WEIGHTS", "")
   stats = config.eval.get("fid_stats", "")
   metric_fn, primary = None, None
-  if weights and stats:
+  if stats and (weights or feature_fn is not None):
     from score_jax import eval as sample_eval
     from score_jax import metrics
 
-    if not pathlib.Path(weights).is_file():
-      raise FileNotFoundError(f"FID Inception weights {weights!r} (eval.inception_weights or "
-                              "$SCORE_JAX_INCEPTION_WEIGHTS) do not exist.")
     metrics.load_stats(stats)  # readable and sane before any sampling
     with np.load(stats) as f:
       reference = f["pool_3"] if "pool_3" in f.files else None
-    feature_fn = sample_eval.inception_feature_fn(weights)
+    if feature_fn is None:
+      if not pathlib.Path(weights).is_file():
+        raise FileNotFoundError(f"FID Inception weights {weights!r} (eval.inception_weights or "
+                                "$SCORE_JAX_INCEPTION_WEIGHTS) do not exist.")
+      feature_fn = sample_eval.inception_feature_fn(weights)
 
     def metric_fn(cell_dir, _):
       return sample_eval.sample_metrics(cell_dir, feature_fn, stats=stats, reference_features=reference,
@@ -273,8 +274,11 @@ def _load_cell(cell_dir: pathlib.Path, cell: Cell, num_samples: int) -> dict | N
 
 def run_ablation(config: ml_collections.ConfigDict, workdir, out, grid_specs: list[str], *, num_samples: int,
                  batch_size: int | None = None, checkpoint: str | None = None, progress: bool = True,
-                 command: str = "") -> dict:
+                 command: str = "", feature_fn=None) -> dict:
   """Run (or resume) the grid and write the table and the plots; returns ``{'rows': [...], ...}``.
+
+  ``feature_fn`` replaces the FID Inception network for image models (e.g. a stand-in in tests); the
+  statistics still come from ``eval.fid_stats``.
 
   Everything that can be wrong with the input (grid keys and values, sampler names, the checkpoint) fails
   before the first cell is sampled.
@@ -291,7 +295,10 @@ def run_ablation(config: ml_collections.ConfigDict, workdir, out, grid_specs: li
     raise ValueError("--checkpoint applies to image models; the 2-D default keeps one checkpoint in --workdir.")
   grid = parse_grid(config, grid_specs)
   make_cells(config, grid, {})  # every cell's sampler settings, before the model is loaded
-  target = _toy_target(config, workdir, num_samples) if toy else _image_target(config, workdir, checkpoint)
+  if toy:
+    target = _toy_target(config, workdir, num_samples)
+  else:
+    target = _image_target(config, workdir, checkpoint, feature_fn)
   # A cell is identified by everything its samples depend on, so a retrained checkpoint gets new cells.
   fingerprint = dict(workdir=str(workdir.resolve()), checkpoint=target.checkpoint, seed=int(config.seed),
                      model=config.model.to_dict(), training_sde=str(config.training.sde), num_samples=num_samples,
