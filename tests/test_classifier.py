@@ -4,6 +4,7 @@ labelled data, bad input, and the gradient of log p_t(y | x) used for class-cond
 import ast
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -109,6 +110,16 @@ def test_training_lowers_the_cross_entropy(trained):
   assert losses[-1] < 0.8 * math.log(2) and losses[-1] < losses[0]  # below chance (log 2), and falling
   assert [r["step"] for r in log if "eval_loss" in r] == [10, 20]
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [20]
+
+
+def test_training_resumes_from_the_checkpoint(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained["workdir"], workdir)
+  config = tiny_config(trained["data"], **{"training.n_iters": 25})
+  result = run_lib.train_and_evaluate(config, workdir, progress=False)
+  assert result["step"] == 25 and np.isfinite(result["loss"])
+  log = [json.loads(line) for line in (workdir / "train_log.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in log if "loss" in r] == [5, 10, 15, 20, 25]  # appended after the first session's
 
 
 def test_eval_reports_accuracy_above_chance_per_noise_bin(trained):
