@@ -159,12 +159,6 @@ def is_classifier(config: ml_collections.ConfigDict) -> bool:
   return "classifier" in config
 
 
-def _positive(value, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name}={value!r}; expected a positive integer.")
-  return int(value)
-
-
 def _build_wideresnet(config: ml_collections.ConfigDict):
   """The noise-conditional Wide-ResNet from ``classifier.*``, checked against ``data.image_size/num_channels``."""
   c, d = config.classifier, config.data
@@ -173,9 +167,7 @@ def _build_wideresnet(config: ml_collections.ConfigDict):
   if d.image_size % 4:
     raise ValueError(f"data.image_size={d.image_size!r} must be divisible by 4 for the Wide-ResNet (two stride-2 "
                      "groups).")
-  num_classes = _positive(c.num_classes, "classifier.num_classes")
-  if num_classes < 2:
-    raise ValueError(f"classifier.num_classes={num_classes}; a classifier needs at least 2 classes.")
+  num_classes = _sampler_int(c.num_classes, "classifier.num_classes", 2)
   mean, std = tuple(float(v) for v in c.input_mean), tuple(float(v) for v in c.input_std)
   if len(mean) != len(std) or (mean and len(mean) != d.num_channels):
     raise ValueError(f"classifier.input_mean={mean} and classifier.input_std={std} must both be empty or both have "
@@ -183,9 +175,9 @@ def _build_wideresnet(config: ml_collections.ConfigDict):
   if any(not v > 0 for v in std):
     raise ValueError(f"classifier.input_std={std} must be positive.")
   return nets_wideresnet.WideResnet(
-      blocks_per_group=_positive(c.blocks_per_group, "classifier.blocks_per_group"),
-      channel_multiplier=_positive(c.channel_multiplier, "classifier.channel_multiplier"),
-      num_outputs=num_classes, embedding_size=_positive(c.embedding_size, "classifier.embedding_size"),
+      blocks_per_group=_sampler_int(c.blocks_per_group, "classifier.blocks_per_group", 1),
+      channel_multiplier=_sampler_int(c.channel_multiplier, "classifier.channel_multiplier", 1),
+      num_outputs=num_classes, embedding_size=_sampler_int(c.embedding_size, "classifier.embedding_size", 1),
       fourier_scale=float(c.fourier_scale), input_mean=mean, input_std=std)
 
 

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 STREAM_INIT, STREAM_TRAIN, STREAM_SNAPSHOT, STREAM_EVAL, STREAM_SAMPLE, STREAM_BPD = range(6)
 SAMPLING_METHODS = builders.SAMPLING_METHODS
 _GRID_MAX = 64  # images in a PNG grid
+_NOISE_BINS = 10  # bins of t of a classifier's accuracy, where a config sets no eval.num_noise_bins
 
 
 # ---- building ----------------------------------------------------------------------------------------------
@@ -695,7 +696,7 @@ def _evaluate_classifier(config: ml_collections.ConfigDict, workdir, *, checkpoi
   and TensorBoard.
   """
   exp = setup(config)
-  n_bins = _positive_int(config.eval.get("num_noise_bins", 10), "eval.num_noise_bins")
+  n_bins = _positive_int(config.eval.get("num_noise_bins", _NOISE_BINS), "eval.num_noise_bins")
   if checkpoint not in (None, "", "latest") and not re.fullmatch(r"\d+", str(checkpoint)):
     raise ValueError(f"--checkpoint={checkpoint!r}: a classifier is evaluated from a step of its own --workdir "
                      "(converted original classifier checkpoints are not supported).")

@@ -178,7 +178,7 @@ def test_data_without_labels(tmp_path):
 
 @pytest.mark.parametrize("field, value, match", [
     ("classifier.input_mean", (0.5,), "must both be empty or both have data.num_channels=3"),
-    ("classifier.num_classes", 1, "at least 2 classes"),
+    ("classifier.num_classes", 1, "classifier.num_classes=1; expected an integer >= 2"),
     ("data.image_size", 6, "divisible by 4"),
     ("training.snapshot_sampling", True, "has no sampler"),
 ])
