@@ -67,6 +67,43 @@ class GaussianMixture:
     x = jnp.asarray(self.means, jnp.float32)[labels] + jnp.einsum("nij,nj->ni", chol[labels], z)
     return (x, labels) if return_labels else x
 
+  def component(self, k: int) -> "GaussianMixture":
+    """Component ``k`` alone, as a one-component mixture (the class-conditional density of label ``k``)."""
+    if not 0 <= k < self.n_components:
+      raise ValueError(f"component index must be in [0, {self.n_components}), got {k!r}.")
+    return GaussianMixture(np.ones(1), self.means[k:k + 1], self.covs[k:k + 1])
+
+  def condition(self, known, y) -> "GaussianMixture":
+    """The exact conditional mixture of the other coordinates given ``x[known] = y``.
+
+    Each component is conditioned as a Gaussian (``mu_u + C_uk C_kk^-1 (y - mu_k)``, ``C_uu - C_uk C_kk^-1
+    C_ku``) and reweighted by its density of ``y``: ``w_k N(y; mu_k, C_kk) / sum_j (...)``.
+
+    Args:
+      known: indices of the observed coordinates (at least one, not all).
+      y: their values ``[len(known)]``.
+    """
+    known = np.asarray(known, int).reshape(-1)
+    y = np.asarray(y, np.float64).reshape(-1)
+    unknown = np.setdiff1d(np.arange(self.dim), known)
+    if len(known) == 0 or len(unknown) == 0 or len(set(known.tolist())) != len(known) or known.min() < 0 \
+        or known.max() >= self.dim:
+      raise ValueError(f"known must be distinct coordinates in [0, {self.dim}), neither none nor all; got "
+                       f"{known.tolist()}.")
+    if y.shape != known.shape:
+      raise ValueError(f"y must have one value per known coordinate ({len(known)}), got shape {y.shape}.")
+    c_kk = self.covs[:, known][:, :, known]  # [K, k, k]
+    c_uk = self.covs[:, unknown][:, :, known]  # [K, u, k]
+    c_uu = self.covs[:, unknown][:, :, unknown]
+    gain = np.einsum("nuk,nkj->nuj", c_uk, np.linalg.inv(c_kk))  # C_uk C_kk^-1
+    diff = y[None] - self.means[:, known]  # [K, k]
+    means = self.means[:, unknown] + np.einsum("nuk,nk->nu", gain, diff)
+    covs = c_uu - np.einsum("nuk,nvk->nuv", gain, c_uk)
+    maha = np.einsum("nk,nkj,nj->n", diff, np.linalg.inv(c_kk), diff)
+    log_w = np.log(self.weights) - 0.5 * (maha + np.linalg.slogdet(c_kk)[1])
+    weights = np.exp(log_w - log_w.max())
+    return GaussianMixture(weights / weights.sum(), means, 0.5 * (covs + np.swapaxes(covs, 1, 2)))
+
   def at_time(self, sde: sde_lib.SDE, t) -> "GaussianMixture":
     """The marginal ``p_t`` of this mixture under ``sde`` at a concrete scalar time ``t``."""
     a, s = sde.marginal_one(jnp.ones(()), jnp.asarray(t, jnp.float32))

@@ -275,6 +275,11 @@ def _example_keys(key: Array, batch: int, sample_offset) -> Array:
   return jax.vmap(lambda b: jax.random.fold_in(key, b))(sample_offset + jnp.arange(batch))
 
 
+# Noise streams of the per-example keys: 0 prior, 1 corrector, 2 predictor, 3 and 4 a constraint's draws
+# after the corrector and after the predictor (so unconstrained samples do not change).
+_CONSTRAINT_STREAMS = (3, 4)
+
+
 def _draw(keys: Array, stream: int, step, shape) -> Array:
   """Standard normals ``[B, *shape]`` for ``stream`` at ``step`` from per-example ``keys``."""
   return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(jax.random.fold_in(k, step), stream), shape))(keys)
@@ -284,7 +289,7 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
               corrector: str | None = "langevin", snr: float = 0.16, n_steps: int = 1,
               probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3,
               snr_reduction: str = "batch", sample_offset=0, draws: tuple[Array, Array, Array] | None = None,
-              return_trajectory: bool = False):
+              return_trajectory: bool = False, constraint=None):
   """Predictor-corrector sampling (Algorithm 1): corrector then predictor at each of ``N`` times.
 
   Args:
@@ -303,6 +308,11 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
       predictor [N, B, ...])`` instead of drawing from ``key``.
     return_trajectory: also return a dict of per-step ``corrector_x``, ``corrector_x_mean``,
       ``predictor_x``, ``predictor_x_mean``, each ``[N, B, ...]``.
+    constraint: controllable generation (paper App. I.2; :mod:`score_jax.controllable`): an object with
+      ``apply(x, x_mean, t [B], noise) -> (x, x_mean)``, applied after the corrector and after the predictor
+      at every step with standard normals of ``x``'s shape drawn from the per-example keys, and
+      ``final(x) -> x``, applied to the returned samples (e.g. known pixels restored exactly). ``None``:
+      unconditional sampling, unchanged.
 
   Returns:
     ``(samples [B, ...], nfe)`` (and the trajectory dict if requested); ``nfe = N (n_steps + 1)``.
@@ -317,6 +327,11 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
   B, N = shape[0], sde.N
   timesteps = jnp.asarray(sde_lib.torch_linspace(sde.T, eps, N))
 
+  if constraint is not None and draws is not None and key is None:
+    raise ValueError("a constraint draws its noise from key; pass a key along with draws.")
+  if constraint is not None:
+    keys = _example_keys(key, B, sample_offset)
+    constraint_noise_fn = lambda i, stream: _draw(keys, stream, i + 1, shape[1:])
   if draws is not None:
     prior_noise, corrector_noise, predictor_noise = (jnp.asarray(d) for d in draws)
     _check_noise("prior", prior_noise, shape)
@@ -339,12 +354,18 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
     vec_t = jnp.full((B,), t)
     corrector_noise, predictor_noise = noise_fn(i)
     xc, xc_mean = corr.step(x, vec_t, corrector_noise)
+    if constraint is not None:
+      xc, xc_mean = constraint.apply(xc, xc_mean, vec_t, constraint_noise_fn(i, _CONSTRAINT_STREAMS[0]))
     xp, xp_mean = pred.step(xc, vec_t, predictor_noise)
+    if constraint is not None:
+      xp, xp_mean = constraint.apply(xp, xp_mean, vec_t, constraint_noise_fn(i, _CONSTRAINT_STREAMS[1]))
     traj = dict(corrector_x=xc, corrector_x_mean=xc_mean, predictor_x=xp, predictor_x_mean=xp_mean)
     return (xp, xp_mean), (traj if return_trajectory else None)
 
   (x, x_mean), traj = jax.lax.scan(pc_step, (x, x), (jnp.arange(N), timesteps))
   samples = x_mean if denoise else x
+  if constraint is not None:
+    samples = constraint.final(samples)
   nfe = pc_nfe(N, n_steps)  # charged as the original does, whatever the predictor and corrector
   return (samples, nfe, traj) if return_trajectory else (samples, nfe)
 

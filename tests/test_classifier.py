@@ -250,3 +250,25 @@ def test_launcher_trains_and_evaluates_a_classifier(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout[out.stdout.index("{"):])
   assert result["checkpoint"] == "step_10" and 0 <= result["accuracy"] <= 1 and len(result["bins"]) == 2
+
+
+@pytest.mark.slow
+def test_class_conditional_sampling_from_files(trained, tmp_path):
+  """python -m score_jax.controllable --task class on a 2-step tiny VE score model guided by the tiny classifier."""
+  from test_run_lib import tiny_config as tiny_score_config
+
+  from score_jax import controllable
+
+  score_config = tiny_score_config(trained["data"], **{"training.n_iters": 2, "training.snapshot_freq": 2,
+                                                      "sampling.corrector": "none"})
+  run_lib.train_and_evaluate(score_config, tmp_path / "score", progress=False)
+  result = controllable.run_task(score_config, "class", tmp_path / "score", tmp_path / "out", labels="0,1,1",
+                                 classifier_config=trained["config"], classifier_workdir=str(trained["workdir"]),
+                                 scale=2.0, progress=False)
+  assert result["num_images"] == 3
+  with np.load(tmp_path / "out" / "class.npz") as f:
+    assert f["samples"].shape == (3, 8, 8, 3) and f["labels"].tolist() == [0, 1, 1]
+  with pytest.raises(ValueError, match=r"--labels must lie in \[0, 2\)"):
+    controllable.run_task(score_config, "class", tmp_path / "score", tmp_path / "bad", labels="0,5",
+                          classifier_config=trained["config"], classifier_workdir=str(trained["workdir"]),
+                          progress=False)
