@@ -68,6 +68,7 @@ def _check_train_json(out: dict) -> None:
   assert math.isclose(out["images_per_s"] * out["step_s"], out["batch"], rel_tol=1e-6), out
 
 
+@pytest.mark.slow  # 32 s on 2 cores: the default suite keeps the cheaper bench smoke runs
 def test_bench_train_shrunk_prints_json_line(capsys):
   # The shrunk DDPM++ step takes ~20 s to compile on 2 CPU cores.
   result = _load_script("bench_train").main(["--shrink", "--batch", "2", "--steps", "2", "--config", _DDPMPP])

@@ -65,7 +65,8 @@ def _exact_ode(sde, score_fn, z):
   return sampling.ode_sample(None, sde, score_fn, z.shape, z=z * sde.prior_std(), rtol=1e-10, atol=1e-10)[0]
 
 
-@pytest.mark.parametrize("sde_name", SDE_NAMES)
+@pytest.mark.parametrize("sde_name", ["vpsde", pytest.param("vesde", marks=pytest.mark.slow),
+                                      pytest.param("subvpsde", marks=pytest.mark.slow)])
 def test_convergence_order_on_gaussian_data(sde_name):
   """Gaussian data (exact score): slopes of log error vs log steps are 1 (DDIM) and 2 (the others)."""
   with jax.enable_x64(True):
