@@ -104,7 +104,8 @@ def _image_gaussian_score_fn(sde, tau=0.5):
   return jax.vmap(one)
 
 
-@pytest.mark.parametrize("sde_name", SDE_NAMES)
+@pytest.mark.parametrize("sde_name", ["vesde", pytest.param("vpsde", marks=pytest.mark.slow),
+                                      pytest.param("subvpsde", marks=pytest.mark.slow)])
 def test_colorization_keeps_the_gray_value(sde_name):
   sde = make_sde(sde_name, 50)
   gray = jax.random.uniform(jax.random.PRNGKey(6), (8, 4, 4, 1), minval=-1.0, maxval=1.0)

@@ -156,6 +156,7 @@ def _smoke(model, labels_a, labels_b, key):
   return params, x, out_a
 
 
+@pytest.mark.slow  # 12 s on 2 cores; the DDPM variable trees of every config are checked in the default suite
 def test_ddpm_smoke(key):
   kwargs = dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(SIZE // 2,), dropout=0.1,
                 sigma_min=0.01, sigma_max=50.0, num_scales=100)

@@ -411,7 +411,13 @@ def _evaluation_counter():
   return tick, counter
 
 
-@pytest.mark.parametrize("solver", sorted(sampling.ODE_SOLVERS))
+# One solver of each kind by default (fixed-step only; two-stage; FSAL with 4, 7 and 14 stages); all eight
+# with SCORE_JAX_SLOW=1.
+_NFE_DEFAULT_SOLVERS = ("euler", "heun", "bosh3", "tsit5", "dopri8")
+
+
+@pytest.mark.parametrize("solver", [s if s in _NFE_DEFAULT_SOLVERS else pytest.param(s, marks=pytest.mark.slow)
+                                    for s in sorted(sampling.ODE_SOLVERS)])
 def test_solve_ode_nfe_counts_vector_field_evaluations(solver):
   """The reported NFE is the number of evaluations: with fixed steps, and adaptively with rejected steps
   included (a sharp bump forces some)."""

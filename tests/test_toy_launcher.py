@@ -79,9 +79,6 @@ def test_help_and_bad_flags():
 
 # ---- the ablation command on the 2-D default (score_jax.ablate) ------------------------------------------------
 
-ABLATE_GRID = ["--grid", "sampling.method=ddim,heun", "--grid", "sampling.N=4"]
-
-
 def ablate(*args, timeout=600):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "score_jax.ablate", *args], cwd=ROOT, env=env, capture_output=True,
@@ -91,9 +88,8 @@ def ablate(*args, timeout=600):
 def test_ablate_writes_table_and_plots_and_resumes(short_run, tmp_path):
   workdir, _ = short_run
   out = tmp_path / "ablation"
-  args = ["--config", CONFIG, "--workdir", str(workdir), "--out", str(out), "--num_samples", "512", "--noprogress",
-          *ABLATE_GRID]
-  proc = ablate(*args)
+  proc = ablate("--config", CONFIG, "--workdir", str(workdir), "--out", str(out), "--num_samples", "512",
+                "--noprogress", "--grid", "sampling.method=ddim,heun", "--grid", "sampling.N=4")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "2 cells computed, 0 reused" in proc.stdout
   with open(out / "results.csv") as f:
@@ -145,8 +141,12 @@ def test_ablate_bad_input_fails_before_sampling(short_run, tmp_path, grid, messa
 
 
 def test_ablate_refuses_a_checkpoint_of_another_model(short_run, tmp_path):
+  from score_jax import ablate as ablate_lib
+  from score_jax import configs_loader
+
   workdir, _ = short_run
-  proc = ablate("--config", CONFIG, "--workdir", str(workdir), "--out", str(tmp_path / "out"), "--num_samples", "64",
-                "--grid", "sampling.N=50", "--config.model.features=(64,64)")
-  assert proc.returncode == 1 and "does not match config.model" in proc.stderr, proc.stderr[-2000:]
-  assert "score_jax.ablate: error:" in proc.stderr and not (tmp_path / "out").exists()
+  config = configs_loader.load_config(ROOT / CONFIG)
+  config.model.features = (64, 64)
+  with pytest.raises(ValueError, match="does not match config.model"):
+    ablate_lib.run_ablation(config, workdir, tmp_path / "out", ["sampling.N=50"], num_samples=64, progress=False)
+  assert not (tmp_path / "out").exists()
