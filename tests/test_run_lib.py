@@ -335,6 +335,7 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   assert json.loads((workdir / "eval" / "step_4.json").read_text())["fid"] == pytest.approx(result["fid"])
 
 
+@pytest.mark.slow  # 10 s; the ablation command is tested on the 2-D default in tests/test_toy_launcher.py
 def test_ablate_on_an_image_model(trained, tmp_path):
   """The ablation command on the tiny NCSN++: two fast samplers, FID / IS / KID from a stand-in feature
   network, the table and the plots."""

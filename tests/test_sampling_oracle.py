@@ -436,6 +436,7 @@ def test_solve_ode_nfe_counts_vector_field_evaluations(solver):
     assert int(nfe) == counter[0] >= 7, kwargs
 
 
+@pytest.mark.slow  # 5 s; the fixed-step NFE counts stay in the default suite
 def test_fixed_step_ode_converges_with_the_order_of_its_solver():
   """Fixed-step probability-flow ODE solves approach a tight adaptive solve with their solvers' orders
   (float64, so that the errors of the higher orders stay above rounding)."""
