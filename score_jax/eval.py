@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
+import re
 import sys
 import time
 from typing import Callable, Iterable, Mapping, Sequence
@@ -32,9 +34,11 @@ from tqdm.auto import tqdm
 
 from score_jax import datasets, fileio, metrics
 
-__all__ = ["inception_feature_fn", "features_of", "dataset_features", "compute_stats", "sample_metrics", "main"]
+__all__ = ["inception_feature_fn", "feature_tag", "features_of", "dataset_features", "compute_stats",
+           "metrics_of_features", "sample_metrics", "main"]
 
 FeatureFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+_TAG_HASH_CHARS = 16  # hex digits of the weights' sha256 in a feature tag: enough to tell weight files apart
 
 
 def inception_feature_fn(weights: str, sha256: str | None = None) -> FeatureFn:
@@ -50,7 +54,23 @@ def inception_feature_fn(weights: str, sha256: str | None = None) -> FeatureFn:
     out = apply(variables, images)
     return {k: np.asarray(out[k]) for k in ("pool3", "logits")}
 
+  fn.tag = f"inception_{inception._sha256_file(os.fspath(weights))[:_TAG_HASH_CHARS]}"
   return fn
+
+
+def feature_tag(feature_fn: FeatureFn) -> str:
+  """A name for the features of ``feature_fn``, used to keep stored features of different networks apart.
+
+  :func:`inception_feature_fn` tags its function with the weights' sha256 (``inception_<hash>``); any other
+  callable is named by its ``tag`` attribute if it has one, else by its module and qualified name.
+  """
+  tag = getattr(feature_fn, "tag", None)
+  if tag is None:
+    tag = f"{getattr(feature_fn, '__module__', 'fn')}.{getattr(feature_fn, '__qualname__', type(feature_fn).__name__)}"
+  tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(tag))
+  if not tag.strip("._"):
+    raise ValueError(f"feature_fn.tag={tag!r} cannot name a folder; give it letters or digits.")
+  return tag
 
 
 def _check_images(images: np.ndarray, where: str) -> np.ndarray:
@@ -150,26 +170,35 @@ def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: Fea
               seconds=time.time() - t0)
 
 
+def metrics_of_features(features: Mapping[str, np.ndarray], *, stats: str | None = None, reference_features=None,
+                        is_splits: int = 10) -> dict:
+  """FID against the ``stats`` file (when given), Inception Score (``is_splits`` splits, fewer for a handful of
+  samples) and KID against ``reference_features`` [M, D] (when given) of ``{'pool3': [N, D], 'logits': [N, K]}``."""
+  pool3, logits = np.asarray(features["pool3"], np.float64), np.asarray(features["logits"], np.float64)
+  result: dict = dict(num_samples=int(len(pool3)))
+  if stats:
+    mu, sigma = metrics.feature_statistics(pool3)
+    result["fid"] = metrics.fid(mu, sigma, *metrics.load_stats(stats))
+  splits = min(is_splits, len(logits))  # a handful of samples (smoke runs) cannot fill 10 splits
+  result["inception_score"], result["inception_score_std"] = metrics.inception_score(logits, splits=splits)
+  result["inception_score_splits"] = splits
+  if reference_features is not None:
+    result["kid"], result["kid_std"] = metrics.kid(pool3, reference_features)
+  return result
+
+
 def sample_metrics(samples_dir, feature_fn: FeatureFn, *, stats: str | None = None, reference_features=None,
                    batch_size: int = 200, limit: int | None = None, is_splits: int = 10,
                    progress: bool = True) -> dict:
   """FID (against ``stats``), Inception Score and KID (against ``reference_features`` [M, D], when given)
-  of the uint8 samples of a ``--mode sample`` directory."""
-  ref = metrics.load_stats(stats) if stats else None  # read (and checked) before any feature work
+  of the uint8 samples of a ``--mode sample`` directory (:func:`metrics_of_features` of their features)."""
+  if stats:
+    metrics.load_stats(stats)  # read (and checked) before any feature work
   from score_jax import run_lib  # the reader of the chunks run_lib.sample writes
 
   feats = features_of(run_lib.sample_chunks(samples_dir, limit), feature_fn, batch_size=batch_size, total=limit,
                       progress=progress)
-  result: dict = dict(num_samples=int(len(feats["pool3"])))
-  if ref is not None:
-    mu, sigma = metrics.feature_statistics(feats["pool3"])
-    result["fid"] = metrics.fid(mu, sigma, *ref)
-  splits = min(is_splits, len(feats["logits"]))  # a handful of samples (smoke runs) cannot fill 10 splits
-  result["inception_score"], result["inception_score_std"] = metrics.inception_score(feats["logits"], splits=splits)
-  result["inception_score_splits"] = splits
-  if reference_features is not None:
-    result["kid"], result["kid_std"] = metrics.kid(feats["pool3"], reference_features)
-  return result
+  return metrics_of_features(feats, stats=stats, reference_features=reference_features, is_splits=is_splits)
 
 
 # ---- command line -----------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Image configs (the original's, under configs/):
   python -m score_jax.main --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/ve   # train / resume
   python -m score_jax.main --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/ve --mode eval \
       --config.eval.enable_bpd=True                                                       # loss, bits/dim
+  python -m score_jax.main --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/ve --mode eval \
+      --checkpoint=all --config.eval.enable_sampling=True --config.eval.fid_stats=stats.npz  # FID over training
   python -m score_jax.main --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/ve --mode sample \
       --num_samples=64 [--checkpoint=STEP | --checkpoint=CONVERTED_DIR]
 
@@ -44,7 +46,9 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("dry_run", False, "Image configs, --mode train: build everything, trace one fused train step, open "
                   "the data and check existing checkpoints, then stop before the first step (nothing is written).")
 flags.DEFINE_string("checkpoint", None, "--mode eval/sample: a step number, or the directory of an original checkpoint "
-                    "converted with python -m score_jax.convert (default: the newest checkpoint in --workdir).")
+                    "converted with python -m score_jax.convert (default: the newest checkpoint in --workdir); "
+                    "--mode eval also takes 'all' (every checkpoint in --workdir, oldest first, each into "
+                    "eval/step_N.json; those already evaluated with the same settings are kept).")
 flags.DEFINE_integer("num_samples", None, "--mode sample: how many samples (default: eval.num_samples).")
 flags.DEFINE_bool("step_lines", False, "--mode train: print 'step N' after each fused call (for resume tests).")
 flags.DEFINE_bool("traceback", False, "Show the Python traceback of errors in the input (config, data, checkpoints).")

@@ -29,7 +29,7 @@ import os
 import pathlib
 import re
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 STREAM_INIT, STREAM_TRAIN, STREAM_SNAPSHOT, STREAM_EVAL, STREAM_SAMPLE, STREAM_BPD = range(6)
 SAMPLING_METHODS = builders.SAMPLING_METHODS
 _GRID_MAX = 64  # images in a PNG grid
+_FEATURE_BATCH = 200  # images per call of the feature network (the FID Inception at 299 x 299)
+ALL_CHECKPOINTS = "all"  # --mode eval --checkpoint=all: every checkpoint of the workdir
+FEATURES_PREFIX = "features_"  # folder of a sample directory holding one feature network's features
 _NOISE_BINS = 10  # bins of t of a classifier's accuracy, where a config sets no eval.num_noise_bins
 
 
@@ -511,9 +514,13 @@ def _load_params(exp: Experiment, workdir, checkpoint: str | None) -> tuple[Any,
     from score_jax import convert
 
     path = pathlib.Path(checkpoint).expanduser()
+    if checkpoint == ALL_CHECKPOINTS:
+      raise ValueError(f"--checkpoint={ALL_CHECKPOINTS} applies to --mode eval (every checkpoint in turn); give a "
+                       "step number or a converted checkpoint directory here.")
     if not path.is_dir():
       raise FileNotFoundError(f"--checkpoint={checkpoint!r} is neither a step number nor a converted checkpoint "
-                              "directory (python -m score_jax.convert ... writes one).")
+                              f"directory (python -m score_jax.convert ... writes one); --mode eval also takes "
+                              f"--checkpoint={ALL_CHECKPOINTS}.")
     params = jax.tree_util.tree_map(jnp.asarray, convert.load_converted(path, exp.config)["params"])
     return params, f"converted_{path.name}", None
   directory = pathlib.Path(workdir) / checkpoints.SUBDIR
@@ -571,17 +578,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
     (example, pass) values.
 
   - ``eval.enable_sampling``: ``eval.num_samples`` samples drawn as by :func:`sample` (resumable chunks,
-    per-sample seeds), then FID against ``eval.fid_stats`` (when set), Inception Score and, when the stats
-    file holds ``pool_3`` features, KID (:func:`score_jax.eval.sample_metrics`), with the FID Inception weights
-    of ``eval.inception_weights`` (``feature_fn`` replaces the network, e.g. in tests). The weights and the
-    statistics are checked before any sample is drawn.
+    per-sample seeds) with their Inception features extracted chunk by chunk as they are drawn (saved beside
+    the chunks: a restart recomputes neither), then FID against ``eval.fid_stats`` (when set), Inception
+    Score and, when the stats file holds ``pool_3`` features, KID
+    (:func:`score_jax.eval.metrics_of_features`), with the FID Inception weights of ``eval.inception_weights``
+    (``feature_fn`` replaces the network, e.g. in tests). The weights and the statistics are checked before
+    any sample is drawn.
 
   ``eval.bpd_num_examples`` (0 = all) limits loss and bits/dim to the first examples of the split. The result
-  is written to ``workdir/eval/<checkpoint>.json`` and TensorBoard, and returned.
+  is written, with the settings it depends on, to ``workdir/eval/<checkpoint>.json`` and TensorBoard, and
+  returned. ``checkpoint='all'`` evaluates every checkpoint of ``workdir`` (:func:`_evaluate_all`).
 
   A classifier config (:func:`score_jax.builders.is_classifier`) reports test accuracy instead
   (:func:`_evaluate_classifier`).
   """
+  if checkpoint == ALL_CHECKPOINTS:
+    return _evaluate_all(config, workdir, progress=progress, feature_fn=feature_fn)
   if builders.is_classifier(config):
     return _evaluate_classifier(config, workdir, checkpoint=checkpoint, progress=progress)
   exp = setup(config)
@@ -594,6 +606,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
   if enable_sampling:
     from score_jax import eval as sample_eval
     from score_jax import metrics
+
+    _positive_int(e.num_samples, "eval.num_samples")
 
     if fid_stats:
       metrics.load_stats(fid_stats)  # readable, sane: before any sample is drawn
@@ -614,24 +628,78 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
   if enable_bpd:
     result.update(_eval_bpd(exp, params, bpd_split, progress))
   if enable_sampling:
-    drawn = sample(config, workdir, checkpoint=checkpoint, progress=progress)
-    reference = None
-    if fid_stats:
-      with np.load(fid_stats) as f:
-        reference = f["pool_3"] if "pool_3" in f.files else None
-    result.update(sample_eval.sample_metrics(drawn["directory"], feature_fn, stats=fid_stats,
-                                             reference_features=reference, progress=progress))
+    drawn = _draw_samples(exp, params, tag, workdir, int(e.num_samples), progress=progress, feature_fn=feature_fn)
     result["samples"] = drawn["directory"]
+    if jax.process_index() == 0:
+      reference = None
+      if fid_stats:
+        with np.load(fid_stats) as f:
+          reference = f["pool_3"] if "pool_3" in f.files else None
+      features = load_features(drawn["features"], drawn["num_samples"])
+      result.update(sample_eval.metrics_of_features(features, stats=fid_stats, reference_features=reference))
   result["seconds"] = time.time() - t0
-  if jax.process_index() == 0:
-    out = pathlib.Path(workdir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    fileio.write_json(str(out / f"{tag}.json"), result)
-    writer = _Writer(pathlib.Path(workdir), enabled=True)
-    writer.scalars(step or 0, {f"eval/{k}": v for k, v in result.items()
-                               if k in ("loss", "bpd", "fid", "inception_score", "kid")})
-    writer.close()
+  _write_eval(config, workdir, result, ("loss", "bpd", "fid", "inception_score", "kid"))
   return result
+
+
+def _eval_settings(config: ml_collections.ConfigDict) -> dict:
+  """What an evaluation's numbers depend on besides the checkpoint (recorded with them; see :func:`_evaluate_all`)."""
+  return json.loads(json.dumps(dict(seed=int(config.seed), eval=config.eval.to_dict(),
+                                    sampling=config.sampling.to_dict(), data=config.data.to_dict())))
+
+
+def _write_eval(config: ml_collections.ConfigDict, workdir, result: dict, scalars: Sequence[str]) -> None:
+  """``result`` with its settings to ``workdir/eval/<checkpoint>.json``, and ``scalars`` of it to TensorBoard."""
+  result["settings"] = _eval_settings(config)
+  if jax.process_index() != 0:
+    return
+  out = pathlib.Path(workdir) / "eval"
+  out.mkdir(parents=True, exist_ok=True)
+  fileio.write_json(str(out / f"{result['checkpoint']}.json"), result)
+  writer = _Writer(pathlib.Path(workdir), enabled=True)
+  writer.scalars(result["step"] or 0, {f"eval/{k}": result[k] for k in scalars if k in result})
+  writer.close()
+
+
+def _evaluate_all(config: ml_collections.ConfigDict, workdir, *, progress: bool, feature_fn=None) -> dict:
+  """:func:`evaluate` of every checkpoint in ``workdir`` (``--checkpoint=all``), oldest first.
+
+  The original evaluates its checkpoints ``eval.begin_ckpt`` to ``eval.end_ckpt`` in one job; here every
+  checkpoint present is evaluated, each into its own ``eval/step_<N>.json`` and TensorBoard at its step (a
+  curve of loss / bits/dim / FID over training). A checkpoint whose JSON already holds the same settings
+  (:func:`_eval_settings`) is not evaluated again, and sampling resumes within a checkpoint, so a killed job
+  restarts where it stopped. Corrupt checkpoints are skipped with a warning.
+  """
+  exp = setup(config)
+  directory = pathlib.Path(workdir) / checkpoints.SUBDIR
+  if not directory.is_dir():
+    raise FileNotFoundError(f"--checkpoint={ALL_CHECKPOINTS}: no checkpoints in {directory}; train first "
+                            "(--mode train).")
+  with _checkpointer(exp, workdir) as ckpts:
+    steps = ckpts.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"--checkpoint={ALL_CHECKPOINTS}: no checkpoints in {directory}; train first.")
+  if feature_fn is None and bool(config.eval.get("enable_sampling", False)) and not builders.is_classifier(config):
+    from score_jax import eval as sample_eval
+
+    feature_fn = sample_eval.inception_feature_fn(_inception_weights(config))  # loaded once for all checkpoints
+  settings = _eval_settings(config)
+  results, reused, skipped = [], 0, []
+  for step in steps:
+    saved = pathlib.Path(workdir) / "eval" / f"step_{step}.json"
+    if saved.exists():
+      found = json.loads(saved.read_text())
+      if found.get("settings") == settings:
+        results.append(found)
+        reused += 1
+        continue
+    try:
+      results.append(evaluate(config, workdir, checkpoint=str(step), progress=progress, feature_fn=feature_fn))
+    except checkpoints.CheckpointCorruptError as e:
+      log.warning("skipping corrupt checkpoint %s: %s", directory / str(step), e)
+      skipped.append(step)
+  return dict(checkpoints=[r["checkpoint"] for r in results], evaluated=len(results) - reused, reused=reused,
+              skipped_corrupt=skipped, results=results)
 
 
 def _eval_loss(exp: Experiment, params, ds: datasets.Dataset, progress: bool) -> dict:
@@ -725,13 +793,7 @@ def _evaluate_classifier(config: ml_collections.ConfigDict, workdir, *, checkpoi
                                 loss_se=loss_se, examples=count,
                                 bins=classifier.accuracy_by_bins(exp.sde, t, correct, eps=eps, n_bins=n_bins),
                                 seconds=time.time() - t0)
-  if jax.process_index() == 0:
-    out_dir = pathlib.Path(workdir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fileio.write_json(str(out_dir / f"{tag}.json"), result)
-    writer = _Writer(pathlib.Path(workdir), enabled=True)
-    writer.scalars(step or 0, {"eval/accuracy": accuracy, "eval/loss": mean_loss})
-    writer.close()
+  _write_eval(config, workdir, result, ("accuracy", "loss"))
   return result
 
 
@@ -746,7 +808,7 @@ def _sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
 
 
 def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,
-           num_samples: int | None = None, progress: bool = True) -> dict:
+           num_samples: int | None = None, progress: bool = True, feature_fn=None) -> dict:
   """Draw ``num_samples`` (default ``eval.num_samples``) samples with ``sampling.*`` (``--mode sample``).
 
   Samples are drawn in chunks of ``eval.batch_size`` and each chunk is saved (uint8 ``[n, H, W, C]`` in
@@ -757,21 +819,32 @@ def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None
   the chunk, and the ODE sampler picks one step size per chunk, so there they change within those
   tolerances (the chunk size is recorded in ``meta.json`` and a resume must use the same one).
 
+  With ``feature_fn`` (a :data:`score_jax.eval.FeatureFn`, e.g. the FID Inception-v3), each chunk's features
+  are extracted on the fly from its uint8 images as soon as the chunk exists, and saved beside it
+  (``features_<tag>/features_<start>.npz``: float32 ``pool3`` and ``logits``, ``tag`` from
+  :func:`score_jax.eval.feature_tag`), so a restart recomputes neither samples nor features, and the metrics
+  need no second pass over the images (:func:`load_features`).
+
   Args:
     checkpoint: None (newest), a step, or a converted original checkpoint (see :func:`_load_params`).
 
   Returns:
-    a summary with the output directory, the number of samples and chunks, and the NFE per sample.
+    a summary with the output directory, the number of samples and chunks, the NFE per sample, and with
+    ``feature_fn`` the features directory and the number of feature chunks written.
   """
   if builders.is_classifier(config):
     raise ValueError("--mode sample needs a score-model config; a classifier config (with a 'classifier' section) has "
                      "nothing to sample.")
   exp = setup(config)
-  num = int(num_samples or config.eval.num_samples)
-  if num < 1:
-    raise ValueError(f"num_samples must be a positive int; got {num_samples!r}.")
-  chunk = int(config.eval.batch_size)
+  num = _positive_int(num_samples or config.eval.num_samples, "num_samples (eval.num_samples)")
   params, tag, _ = _load_params(exp, workdir, checkpoint)
+  return _draw_samples(exp, params, tag, workdir, num, progress=progress, feature_fn=feature_fn)
+
+
+def _draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progress: bool, feature_fn) -> dict:
+  """:func:`sample` with the parameters loaded (``tag`` names their checkpoint)."""
+  config = exp.config
+  chunk = int(config.eval.batch_size)
   out = pathlib.Path(workdir) / "samples" / f"{tag}_{config.sampling.method}"
   meta = _sample_meta(exp, tag, chunk)
   meta_path = out / "meta.json"
@@ -787,31 +860,99 @@ def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None
   line = summary_line(exp, "sample", f"{num} samples in chunks of {chunk} with {config.sampling.method} | {out}")
   log.info(line)
   print(line, flush=True)
+  # features are extracted where the chunks are written (process 0); the metrics are computed there too
+  features_dir = None
+  if feature_fn is not None and jax.process_index() == 0:
+    from score_jax import eval as sample_eval
+
+    features_dir = out / f"{FEATURES_PREFIX}{sample_eval.feature_tag(feature_fn)}"
+    features_dir.mkdir(exist_ok=True)
   key = exp.key(STREAM_SAMPLE)
   sample_fn = None
-  written = reused = 0
+  written = reused = features_written = 0
   nfe = None
   t0 = time.time()
   starts = range(0, num, chunk)
   for start in tqdm(starts, desc="sample", unit="chunk", disable=not progress):
     count = min(chunk, num - start)
     path = out / f"samples_{start:07d}.npz"
+    images = None
     if _valid_chunk(path, count, exp.image_shape):
       reused += 1
-      continue
-    if sample_fn is None:
-      sample_fn = make_sample_fn(exp, chunk)
-    x, nfe_chunk = sample_fn(params, key, start)
-    images = _to_uint8(exp, x)[:count]
-    nfe = int(nfe_chunk)
-    if jax.process_index() == 0:
-      fileio.savez(str(path), images=images, index=np.arange(start, start + count))
-    written += 1
+    else:
+      if sample_fn is None:
+        sample_fn = make_sample_fn(exp, chunk)
+      x, nfe_chunk = sample_fn(params, key, start)
+      images = _to_uint8(exp, x)[:count]
+      nfe = int(nfe_chunk)
+      if jax.process_index() == 0:
+        fileio.savez(str(path), images=images, index=np.arange(start, start + count))
+      written += 1
+    if features_dir is not None:
+      features_written += _chunk_features(features_dir, start, count, path, images, feature_fn,
+                                          batch_size=min(chunk, _FEATURE_BATCH))
   images = load_samples(out, limit=_GRID_MAX)
   if jax.process_index() == 0:
     fileio.save_png(str(out / "grid.png"), fileio.image_grid(images))
-  return dict(directory=str(out), num_samples=num, chunks_written=written, chunks_reused=reused,
-              nfe_per_sample=nfe, seconds=time.time() - t0)
+  result = dict(directory=str(out), num_samples=num, chunks_written=written, chunks_reused=reused,
+                nfe_per_sample=nfe, seconds=time.time() - t0)
+  if features_dir is not None:
+    result.update(features=str(features_dir), feature_chunks_written=features_written)
+  return result
+
+
+def _features_path(features_dir: pathlib.Path, start: int) -> pathlib.Path:
+  return features_dir / f"features_{start:07d}.npz"
+
+
+def _valid_features(path: pathlib.Path, count: int) -> bool:
+  if not path.exists():
+    return False
+  try:
+    with np.load(path) as f:
+      return len(f["pool3"]) == count and len(f["logits"]) == count
+  except Exception as e:  # a truncated or foreign file: redo the chunk's features
+    log.warning("redoing unreadable features %s (%s)", path, e)
+    return False
+
+
+def _chunk_features(features_dir: pathlib.Path, start: int, count: int, samples_path: pathlib.Path,
+                    images: np.ndarray | None, feature_fn, *, batch_size: int) -> int:
+  """Features of one sample chunk, unless already saved: 1 if they were computed and written, else 0."""
+  from score_jax import eval as sample_eval
+
+  path = _features_path(features_dir, start)
+  if _valid_features(path, count):
+    return 0
+  if images is None:  # a chunk of an earlier run whose features were not written (killed in between)
+    with np.load(samples_path) as f:
+      images = f["images"]
+  feats = sample_eval.features_of([images], feature_fn, batch_size=batch_size, progress=False)
+  fileio.savez(str(path), pool3=feats["pool3"].astype(np.float32), logits=feats["logits"].astype(np.float32),
+               index=np.arange(start, start + count))
+  return 1
+
+
+def load_features(features_dir, num_samples: int) -> dict[str, np.ndarray]:
+  """The pool3 features and logits of the first ``num_samples`` samples, from the chunks :func:`sample` saved
+  in ``features_dir`` (float64 ``[N, D]`` / ``[N, K]``, in sample order)."""
+  paths = sorted(pathlib.Path(features_dir).glob("features_*.npz"))
+  parts: dict[str, list[np.ndarray]] = dict(pool3=[], logits=[])
+  seen = 0
+  for path in paths:
+    if seen >= num_samples:
+      break
+    with np.load(path) as f:
+      if int(f["index"][0]) != seen:
+        raise ValueError(f"{path}: features of sample {int(f['index'][0])} where sample {seen} was expected; "
+                         f"delete {features_dir} to extract them again.")
+      take = min(len(f["index"]), num_samples - seen)
+      for name in parts:
+        parts[name].append(np.asarray(f[name][:take], np.float64))
+    seen += take
+  if seen < num_samples:
+    raise ValueError(f"{features_dir} holds features of {seen} samples; {num_samples} were asked for.")
+  return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def _valid_chunk(path: pathlib.Path, count: int, image_shape) -> bool:

@@ -310,7 +310,22 @@ def test_small_ncsnpp_on_cifar10_learns(tmp_path):
 # ---- --mode eval with sampling: FID / IS / KID (stand-in feature network) ---------------------------------
 
 
-def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
+class _CountingFeatures:
+  """The stand-in feature network of test_eval_pipeline, counting the images it is given (padding included)."""
+
+  tag = "fake_features"
+
+  def __init__(self):
+    from test_eval_pipeline import fake_feature_fn
+
+    self.fn, self.images = fake_feature_fn, 0
+
+  def __call__(self, images):
+    self.images += len(images)
+    return self.fn(images)
+
+
+def _fid_stats(trained, tmp_path):
   from test_eval_pipeline import fake_feature_fn
 
   from score_jax import eval as sj_eval
@@ -319,6 +334,15 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   data_config = sj_eval._data_config("npz", root=str(trained["data"]), image_size=8)
   sj_eval.compute_stats(data_config, "train", fake_feature_fn, str(stats), batch_size=8, save_features=True,
                         progress=False)
+  return stats
+
+
+def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
+  """FID / IS / KID from features extracted chunk by chunk as the samples are drawn: equal to a second pass
+  over the finished sample set, and after a kill mid-way only the missing chunks are redone."""
+  from score_jax import eval as sj_eval
+
+  stats = _fid_stats(trained, tmp_path)
   workdir = tmp_path / "run"
   shutil.copytree(trained["workdir"] / "checkpoints", workdir / "checkpoints")
   overrides = {"eval.enable_sampling": True, "eval.enable_loss": False, "eval.enable_bpd": False,
@@ -329,10 +353,59 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
     run_lib.evaluate(tiny_config(trained["data"], **overrides), workdir, progress=False)
   assert not (workdir / "samples").exists()
   config = tiny_config(trained["data"], **overrides, **{"eval.fid_stats": str(stats)})
-  result = run_lib.evaluate(config, workdir, progress=False, feature_fn=fake_feature_fn)
+  features = _CountingFeatures()
+  result = run_lib.evaluate(config, workdir, progress=False, feature_fn=features)
+  assert features.images == 8  # two chunks of 4 (the last one padded), each seen once, while sampling
   assert result["num_samples"] == 6 and np.isfinite(result["fid"]) and result["fid"] > 0
   assert np.isfinite(result["inception_score"]) and np.isfinite(result["kid"])
   assert json.loads((workdir / "eval" / "step_4.json").read_text())["fid"] == pytest.approx(result["fid"])
+  samples = pathlib.Path(result["samples"])
+  with np.load(stats) as f:
+    reference = f["pool_3"]
+  second_pass = sj_eval.sample_metrics(samples, features.fn, stats=str(stats), reference_features=reference,
+                                       progress=False)
+  for name in ("fid", "inception_score", "kid"):  # features are stored as float32
+    assert result[name] == pytest.approx(second_pass[name], rel=1e-5, abs=1e-9), name
+  # killed between a chunk and its features, and before the last chunk: only those are redone
+  features_dir = samples / "features_fake_features"
+  (features_dir / "features_0000000.npz").unlink()
+  (samples / "samples_0000004.npz").unlink()
+  (features_dir / "features_0000004.npz").unlink()
+  features.images = 0
+  again = run_lib.evaluate(config, workdir, progress=False, feature_fn=features)
+  assert features.images == 8
+  for name in ("fid", "inception_score", "kid"):
+    assert again[name] == pytest.approx(result[name], rel=1e-6), name
+  features.images = 0
+  assert run_lib.evaluate(config, workdir, progress=False, feature_fn=features)["fid"] == pytest.approx(result["fid"])
+  assert features.images == 0  # nothing left to compute
+
+
+def test_eval_of_every_checkpoint(trained, tmp_path, caplog):
+  """--checkpoint=all: every checkpoint into its own JSON and TensorBoard step; done ones are kept, a corrupt
+  one is skipped with a warning."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained["workdir"] / "checkpoints", workdir / "checkpoints")
+  shutil.copytree(workdir / "checkpoints" / "4", workdir / "checkpoints" / "8")  # holds step 4: not step 8's
+  stats = _fid_stats(trained, tmp_path)
+  overrides = {"eval.enable_sampling": True, "eval.enable_loss": True, "eval.enable_bpd": False,
+               "eval.num_samples": 4, "sampling.corrector": "none", "eval.fid_stats": str(stats)}
+  config = tiny_config(trained["data"], **overrides)
+  features = _CountingFeatures()
+  with caplog.at_level("WARNING"):
+    everything = run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
+  assert everything["checkpoints"] == ["step_4"] and everything["skipped_corrupt"] == [8]
+  assert any("skipping corrupt checkpoint" in r.message for r in caplog.records)
+  single = json.loads((workdir / "eval" / "step_4.json").read_text())
+  assert single["fid"] == pytest.approx(everything["results"][0]["fid"]) and np.isfinite(single["loss"])
+  features.images = 0
+  again = run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
+  assert again["reused"] == 1 and again["evaluated"] == 0 and features.images == 0
+  # other settings: evaluated anew
+  changed = tiny_config(trained["data"], **{**overrides, "eval.enable_loss": False})
+  assert run_lib.evaluate(changed, workdir, checkpoint="all", progress=False, feature_fn=features)["evaluated"] == 1
+  with pytest.raises(ValueError, match="applies to --mode eval"):
+    run_lib.sample(config, workdir, checkpoint="all", num_samples=2, progress=False)
 
 
 @pytest.mark.slow  # 10 s; the ablation command is tested on the 2-D default in tests/test_toy_launcher.py
