@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from score_jax import datasets, fileio, metrics
 
-__all__ = ["inception_feature_fn", "feature_tag", "features_of", "dataset_features", "compute_stats",
+__all__ = ["inception_feature_fn", "feature_tag", "check_stats_dim", "features_of", "dataset_features", "compute_stats",
            "metrics_of_features", "sample_metrics", "main"]
 
 FeatureFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
@@ -55,7 +55,21 @@ def inception_feature_fn(weights: str, sha256: str | None = None) -> FeatureFn:
     return {k: np.asarray(out[k]) for k in ("pool3", "logits")}
 
   fn.tag = f"inception_{inception._sha256_file(os.fspath(weights))[:_TAG_HASH_CHARS]}"
+  fn.feature_dim = inception.POOL3_FEATURES
   return fn
+
+
+def check_stats_dim(stats: str, feature_fn: FeatureFn) -> None:
+  """Refuse FID statistics whose dimension differs from ``feature_fn.feature_dim`` (when the function states
+  one, as :func:`inception_feature_fn` does), before any image is drawn or fed."""
+  dim = getattr(feature_fn, "feature_dim", None)
+  if dim is None:
+    return
+  mu, _ = metrics.load_stats(stats)
+  if mu.shape[0] != dim:
+    raise ValueError(f"FID statistics {stats!r} are {mu.shape[0]}-dimensional, but the feature network gives "
+                     f"{dim}-dimensional pool3 features; compute statistics with the same network (python -m "
+                     "score_jax.eval stats --weights ...).")
 
 
 def feature_tag(feature_fn: FeatureFn) -> str:
@@ -194,6 +208,7 @@ def sample_metrics(samples_dir, feature_fn: FeatureFn, *, stats: str | None = No
   of the uint8 samples of a ``--mode sample`` directory (:func:`metrics_of_features` of their features)."""
   if stats:
     metrics.load_stats(stats)  # read (and checked) before any feature work
+    check_stats_dim(stats, feature_fn)
   from score_jax import run_lib  # the reader of the chunks run_lib.sample writes
 
   feats = features_of(run_lib.sample_chunks(samples_dir, limit), feature_fn, batch_size=batch_size, total=limit,

@@ -613,6 +613,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
       metrics.load_stats(fid_stats)  # readable, sane: before any sample is drawn
     if feature_fn is None:
       feature_fn = sample_eval.inception_feature_fn(_inception_weights(config))
+    if fid_stats:
+      sample_eval.check_stats_dim(fid_stats, feature_fn)
   eval_ds = datasets.get_dataset(config, "eval", num_threads=4) if enable_loss else None
   bpd_split = "train" if e.get("bpd_dataset", "test") == "train" else "eval"
   if enable_bpd:

@@ -354,6 +354,11 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   assert not (workdir / "samples").exists()
   config = tiny_config(trained["data"], **overrides, **{"eval.fid_stats": str(stats)})
   features = _CountingFeatures()
+  features.feature_dim = 2048  # as the FID Inception states it: the 6-d statistics are refused before sampling
+  with pytest.raises(ValueError, match="6-dimensional, but the feature network gives 2048"):
+    run_lib.evaluate(config, workdir, progress=False, feature_fn=features)
+  assert not (workdir / "samples").exists() and features.images == 0
+  features.feature_dim = 6
   result = run_lib.evaluate(config, workdir, progress=False, feature_fn=features)
   assert features.images == 8  # two chunks of 4 (the last one padded), each seen once, while sampling
   assert result["num_samples"] == 6 and np.isfinite(result["fid"]) and result["fid"] > 0
