@@ -187,7 +187,8 @@ def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: Fea
 def metrics_of_features(features: Mapping[str, np.ndarray], *, stats: str | None = None, reference_features=None,
                         is_splits: int = 10) -> dict:
   """FID against the ``stats`` file (when given), Inception Score (``is_splits`` splits, fewer for a handful of
-  samples) and KID against ``reference_features`` [M, D] (when given) of ``{'pool3': [N, D], 'logits': [N, K]}``."""
+  samples; also over all samples at once, as score_sde computes it) and KID against ``reference_features``
+  [M, D] (when given) of ``{'pool3': [N, D], 'logits': [N, K]}``."""
   pool3, logits = np.asarray(features["pool3"], np.float64), np.asarray(features["logits"], np.float64)
   result: dict = dict(num_samples=int(len(pool3)))
   if stats:
@@ -196,6 +197,8 @@ def metrics_of_features(features: Mapping[str, np.ndarray], *, stats: str | None
   splits = min(is_splits, len(logits))  # a handful of samples (smoke runs) cannot fill 10 splits
   result["inception_score"], result["inception_score_std"] = metrics.inception_score(logits, splits=splits)
   result["inception_score_splits"] = splits
+  # score_sde's own number: one score over all samples (tfgan's classifier_score_from_logits on every logit)
+  result["inception_score_one_split"] = metrics.inception_score(logits, splits=1)[0]
   if reference_features is not None:
     result["kid"], result["kid_std"] = metrics.kid(pool3, reference_features)
   return result

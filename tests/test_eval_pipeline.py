@@ -68,6 +68,11 @@ def test_sample_metrics_match_the_metrics_on_the_same_features(npz_data, tmp_pat
   assert abs(result["fid"]) <= 1e-6  # the same images as the reference
   feats = fake_feature_fn(images.astype(np.float32) / 255.0)
   assert result["inception_score"] == pytest.approx(metrics.inception_score(feats["logits"], splits=1)[0], rel=1e-6)
+  assert result["inception_score_one_split"] == pytest.approx(result["inception_score"], rel=1e-12)
+  five = sj_eval.metrics_of_features(feats, is_splits=5)
+  assert five["inception_score_splits"] == 5
+  assert five["inception_score"] == pytest.approx(metrics.inception_score(feats["logits"], splits=5)[0], rel=1e-12)
+  assert five["inception_score_one_split"] == pytest.approx(result["inception_score"], rel=1e-6)
   assert np.isfinite(result["kid"])
   assert sj_eval.sample_metrics(samples, fake_feature_fn, limit=10, progress=False)["num_samples"] == 10
 
