@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from score_jax import datasets, fileio, metrics
 
-__all__ = ["inception_feature_fn", "feature_tag", "check_stats_dim", "features_of", "dataset_features", "compute_stats",
-           "metrics_of_features", "sample_metrics", "main"]
+__all__ = ["inception_feature_fn", "feature_tag", "load_reference_stats", "features_of", "dataset_features",
+           "compute_stats", "metrics_of_features", "sample_metrics", "main"]
 
 FeatureFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 _TAG_HASH_CHARS = 16  # hex digits of the weights' sha256 in a feature tag: enough to tell weight files apart
@@ -59,17 +59,17 @@ def inception_feature_fn(weights: str, sha256: str | None = None) -> FeatureFn:
   return fn
 
 
-def check_stats_dim(stats: str, feature_fn: FeatureFn) -> None:
-  """Refuse FID statistics whose dimension differs from ``feature_fn.feature_dim`` (when the function states
-  one, as :func:`inception_feature_fn` does), before any image is drawn or fed."""
+def load_reference_stats(stats: str, feature_fn: FeatureFn) -> tuple[np.ndarray, np.ndarray]:
+  """``(mu, sigma)`` of the FID statistics file ``stats``, read once, refused when their dimension differs from
+  ``feature_fn.feature_dim`` (when the function states one, as :func:`inception_feature_fn` does): call it
+  before any image is drawn or fed."""
+  mu, sigma = metrics.load_stats(stats)
   dim = getattr(feature_fn, "feature_dim", None)
-  if dim is None:
-    return
-  mu, _ = metrics.load_stats(stats)
-  if mu.shape[0] != dim:
+  if dim is not None and mu.shape[0] != dim:
     raise ValueError(f"FID statistics {stats!r} are {mu.shape[0]}-dimensional, but the feature network gives "
                      f"{dim}-dimensional pool3 features; compute statistics with the same network (python -m "
                      "score_jax.eval stats --weights ...).")
+  return mu, sigma
 
 
 def feature_tag(feature_fn: FeatureFn) -> str:
@@ -184,16 +184,16 @@ def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: Fea
               seconds=time.time() - t0)
 
 
-def metrics_of_features(features: Mapping[str, np.ndarray], *, stats: str | None = None, reference_features=None,
+def metrics_of_features(features: Mapping[str, np.ndarray], *, reference_stats=None, reference_features=None,
                         is_splits: int = 10) -> dict:
-  """FID against the ``stats`` file (when given), Inception Score (``is_splits`` splits, fewer for a handful of
-  samples; also over all samples at once, as score_sde computes it) and KID against ``reference_features``
-  [M, D] (when given) of ``{'pool3': [N, D], 'logits': [N, K]}``."""
+  """FID against ``reference_stats`` ``(mu, sigma)`` (when given), Inception Score (``is_splits`` splits, fewer
+  for a handful of samples; also over all samples at once, as score_sde computes it) and KID against
+  ``reference_features`` [M, D] (when given) of ``{'pool3': [N, D], 'logits': [N, K]}``."""
   pool3, logits = np.asarray(features["pool3"], np.float64), np.asarray(features["logits"], np.float64)
   result: dict = dict(num_samples=int(len(pool3)))
-  if stats:
+  if reference_stats is not None:
     mu, sigma = metrics.feature_statistics(pool3)
-    result["fid"] = metrics.fid(mu, sigma, *metrics.load_stats(stats))
+    result["fid"] = metrics.fid(mu, sigma, *reference_stats)
   splits = min(is_splits, len(logits))  # a handful of samples (smoke runs) cannot fill 10 splits
   result["inception_score"], result["inception_score_std"] = metrics.inception_score(logits, splits=splits)
   result["inception_score_splits"] = splits
@@ -209,14 +209,13 @@ def sample_metrics(samples_dir, feature_fn: FeatureFn, *, stats: str | None = No
                    progress: bool = True) -> dict:
   """FID (against ``stats``), Inception Score and KID (against ``reference_features`` [M, D], when given)
   of the uint8 samples of a ``--mode sample`` directory (:func:`metrics_of_features` of their features)."""
-  if stats:
-    metrics.load_stats(stats)  # read (and checked) before any feature work
-    check_stats_dim(stats, feature_fn)
+  reference_stats = load_reference_stats(stats, feature_fn) if stats else None  # before any feature work
   from score_jax import run_lib  # the reader of the chunks run_lib.sample writes
 
   feats = features_of(run_lib.sample_chunks(samples_dir, limit), feature_fn, batch_size=batch_size, total=limit,
                       progress=progress)
-  return metrics_of_features(feats, stats=stats, reference_features=reference_features, is_splits=is_splits)
+  return metrics_of_features(feats, reference_stats=reference_stats, reference_features=reference_features,
+                             is_splits=is_splits)
 
 
 # ---- command line -----------------------------------------------------------------------------------------

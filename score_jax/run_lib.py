@@ -605,16 +605,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
   fid_stats = e.get("fid_stats", "") or None
   if enable_sampling:
     from score_jax import eval as sample_eval
-    from score_jax import metrics
 
     _positive_int(e.num_samples, "eval.num_samples")
-
-    if fid_stats:
-      metrics.load_stats(fid_stats)  # readable, sane: before any sample is drawn
     if feature_fn is None:
       feature_fn = sample_eval.inception_feature_fn(_inception_weights(config))
-    if fid_stats:
-      sample_eval.check_stats_dim(fid_stats, feature_fn)
+    reference_stats = sample_eval.load_reference_stats(fid_stats, feature_fn) if fid_stats else None  # before sampling
   eval_ds = datasets.get_dataset(config, "eval", num_threads=4) if enable_loss else None
   bpd_split = "train" if e.get("bpd_dataset", "test") == "train" else "eval"
   if enable_bpd:
@@ -638,7 +633,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
         with np.load(fid_stats) as f:
           reference = f["pool_3"] if "pool_3" in f.files else None
       features = load_features(drawn["features"], drawn["num_samples"])
-      result.update(sample_eval.metrics_of_features(features, stats=fid_stats, reference_features=reference))
+      result.update(sample_eval.metrics_of_features(features, reference_stats=reference_stats,
+                                                    reference_features=reference))
   result["seconds"] = time.time() - t0
   _write_eval(config, workdir, result, ("loss", "bpd", "fid", "inception_score", "kid"))
   return result
