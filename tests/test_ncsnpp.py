@@ -154,6 +154,34 @@ def test_upfirdn2d_matches_numpy(rng, up, down, pad):
   np.testing.assert_allclose(got, _upfirdn2d_numpy(x, k, up, down, pad), rtol=1e-5, atol=1e-5)
 
 
+def test_upfirdn2d_non_separable_kernel_matches_numpy(rng):
+  x = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+  k = rng.uniform(0.5, 1.5, size=(3, 3)).astype(np.float32)  # rank 3: the depthwise-convolution path
+  assert ups._separable_factors(k) is None
+  for up, down, pad in [(2, 1, (1, 1)), (1, 2, (1, 1))]:
+    got = ups.upfirdn2d(jnp.asarray(x), k, up=up, down=down, pad=pad)
+    np.testing.assert_allclose(got, _upfirdn2d_numpy(x, k, up, down, pad), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("up,down,pad", [(2, 1, (2, 1)), (1, 2, (1, 1)), (1, 1, (2, 1)), (2, 1, (-1, 0))])
+def test_separable_fir_values_and_gradients_match_the_depthwise_convolution(rng, monkeypatch, up, down, pad):
+  """A separable kernel is filtered as two 1-D passes; values and input gradients equal the 2-D path's."""
+  x = jnp.asarray(rng.standard_normal((2, 7, 7, 3)).astype(np.float32))
+  k = ups.setup_kernel(rng.uniform(0.5, 1.5, size=4))
+  assert ups._separable_factors(k) is not None
+  weights = jnp.asarray(rng.standard_normal(ups.upfirdn2d(x, k, up=up, down=down, pad=pad).shape).astype(np.float32))
+
+  def run():
+    f = lambda x: jnp.sum(weights * ups.upfirdn2d(x, k, up=up, down=down, pad=pad))
+    return ups.upfirdn2d(x, k, up=up, down=down, pad=pad), jax.grad(f)(x)
+
+  out, grad = run()
+  monkeypatch.setattr(ups, "_separable_factors", lambda k: None)
+  out_conv, grad_conv = run()
+  np.testing.assert_allclose(out, out_conv, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad, grad_conv, rtol=1e-5, atol=1e-6)
+
+
 def test_fir_resampling_keeps_constants_and_shapes():
   x = jnp.ones((1, 8, 8, 2))
   up = ups.upsample_2d(x, (1, 3, 3, 1))
