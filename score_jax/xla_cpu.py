@@ -3,9 +3,10 @@
 jaxlib 0.10 hands convolutions, dots and reductions on the CPU to YNNPACK fusions. Its convolutions are
 slow for the weight gradients of a training step: on a 2-core Xeon, the weight gradient of a 3x3, 256 to
 256 channel convolution at 32x32 ran at 23 GFLOP/s through YNNPACK and at 118 GFLOP/s through XLA's
-own (Eigen) convolution, and the full DDPM++ CIFAR-10 training step took 11.1 s with the default and
-7.2 s with YNNPACK kept for reductions and dots only (docs/benchmarks.md). Turning YNNPACK off
-altogether is no better (10.6 s): XLA's own emitter is slow on the GroupNorm backward's reductions.
+own (Eigen) convolution, and the full DDPM++ CIFAR-10 training step (B=8) took 6.6-8.0 s with the
+default and 4.7 s with YNNPACK kept for reductions and dots only, in interleaved runs (docs/benchmarks.md,
+pass F). Turning YNNPACK off altogether is not the answer: XLA's own emitter is slow on the GroupNorm
+backward's reductions (a profile showed them at ~2 s of a 10 s step).
 
 So when JAX has not been told otherwise, :func:`apply` adds
 ``--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``
