@@ -1,6 +1,7 @@
-"""Time the training step of the ORIGINAL PyTorch implementation (score_sde_pytorch) on CPU: the baseline.
+"""Time the training step of the ORIGINAL PyTorch implementation (score_sde_pytorch): the baseline.
 
-  python scripts/bench_train_torch.py --original PATH --config CONFIG --batch B --steps S [--config.x=y ...]
+  python scripts/bench_train_torch.py --original PATH --config CONFIG --batch B --steps S [--device cuda]
+      [--ops {cuda,native}] [--config.x=y ...]
 
 ``PATH`` is a checkout of yang-song/score_sde_pytorch; nothing of it is copied into this repository. The
 step is the original's own, built as its ``run_lib.train`` builds it: ``models.utils.create_model(config)``
@@ -9,22 +10,31 @@ step is the original's own, built as its ``run_lib.train`` builds it: ``models.u
 ``losses.get_step_fn(sde, train=True, ...)`` (continuous DSM loss, backward, optimizer step, EMA update),
 with the SDE built from ``training.sde`` as ``run_lib`` does. The config is the ORIGINAL's config file
 (``--config`` is looked up inside ``PATH``; its file names are the same as score_jax's), with
-``config.device = cpu``, ``training.batch_size = B`` and any ``--config.<section>.<field>=<value>``
-overrides (parsed as in ``bench_train.py``). The inputs are random images ``[B, C, H, W]`` scaled like
-data (uniform in [-1, 1] if ``data.centered``, else [0, 1], as the original's ``get_data_scaler``).
+``config.device`` = ``--device`` (cpu by default, or cuda), ``training.batch_size = B`` and any
+``--config.<section>.<field>=<value>`` overrides (parsed as in ``bench_train.py``). The inputs are random
+images ``[B, C, H, W]`` on that device, scaled like data (uniform in [-1, 1] if ``data.centered``, else
+[0, 1], as the original's ``get_data_scaler``).
 
-The CUDA extensions. The original's ``op`` package (``op/fused_act.py``, ``op/upfirdn2d.py``) compiles
-two CUDA extensions with ``torch.utils.cpp_extension.load`` when it is imported, which fails without CUDA
-and a compiler. The original's own functions already run pure-PyTorch code for CPU tensors
-(``upfirdn2d`` calls ``upfirdn2d_native``; ``fused_leaky_relu`` calls ``F.leaky_relu(x + bias) * scale``)
-and only touch the extension for CUDA tensors. So this script imports ``op`` with ``load`` replaced by a
-stub that builds nothing (:func:`import_original`): the network runs the original's code, unchanged, on its
-CPU path; the stub raises if anything ever calls into the missing extension.
+The CUDA extensions (``--ops``). The original's ``op`` package (``op/fused_act.py``, ``op/upfirdn2d.py``)
+compiles two CUDA extensions with ``torch.utils.cpp_extension.load`` when it is imported. Of the two, the
+networks call only ``upfirdn2d`` (NCSN++'s FIR up/downsampling, ``models/up_or_down_sampling.py``), which
+runs pure PyTorch (``upfirdn2d_native``) for CPU tensors and the extension for CUDA tensors.
 
-Timing: one untimed warm-up step, then ``--steps`` steps, each timed with ``time.perf_counter`` (eager
-PyTorch on CPU is synchronous); ``step_s`` is the median and ``images_per_s`` = B / ``step_s``. There is
-no compilation (``compile_s`` is 0); the warm-up step's time is reported as ``warmup_s``. PyTorch uses
-``os.cpu_count()`` threads. The last line printed is one JSON object with the keys of bench_train.py's::
+- ``--ops cuda`` (the default with ``--device cuda``): ``op`` is imported as the original ships it, so the
+  extensions are compiled (nvcc and ninja needed; the build time is reported as ``ops_build_s``, not in
+  the step time) and NCSN++ runs the original's CUDA kernel. This is the original as its users run it.
+- ``--ops native`` (the default, and the only choice, on CPU): ``op`` is imported with ``load`` replaced by a
+  stub that builds nothing (:func:`import_original`); the stub raises if anything calls into the missing
+  extension. On CUDA, ``models.up_or_down_sampling.upfirdn2d`` is then rebound to the original's own
+  ``upfirdn2d_native`` (pure PyTorch), for a machine where the extensions do not compile.
+
+Timing: one untimed warm-up step, then ``--steps`` steps, each timed with ``time.perf_counter`` (after
+``torch.cuda.synchronize()`` on CUDA; eager PyTorch on CPU is synchronous); ``step_s`` is the median and
+``images_per_s`` = B / ``step_s``. There is no compilation (``compile_s`` is 0); the warm-up step's time is
+reported as ``warmup_s``. On CPU PyTorch uses ``os.cpu_count()`` threads (``--threads``). On CUDA the
+TF32 switches are left at PyTorch's defaults and reported (``allow_tf32``: cuDNN convolutions use TF32,
+matrix products do not, by default), as is ``torch.backends.cudnn.benchmark`` (off, as the original leaves
+it). The last line printed is one JSON object with the keys of bench_train.py's::
 
   {"images_per_s": ..., "step_s": ..., "compile_s": 0.0, "device": "cpu", ...}
 
@@ -34,6 +44,8 @@ Example (from the repository root, with the virtualenv active; a checkout materi
   git -C /path/to/score_sde_pytorch.git archive HEAD | tar -x -C /tmp/score_sde_pytorch
   python scripts/bench_train_torch.py --original /tmp/score_sde_pytorch \\
       --config configs/ve/cifar10_ncsnpp_continuous.py --batch 8 --steps 5
+  python scripts/bench_train_torch.py --original /tmp/score_sde_pytorch --device cuda \\
+      --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128 --steps 20
 """
 
 # No `from __future__ import annotations`, as in the other bench scripts: tests load this file with importlib.
@@ -56,6 +68,9 @@ _SCRIPTS = pathlib.Path(__file__).resolve().parent
 _ORIGINAL_FILES = ("losses.py", "sde_lib.py", "models/utils.py", "models/ema.py", "op/__init__.py", "configs")
 # Top-level names the original's modules take; any already imported from elsewhere would shadow them.
 _ORIGINAL_PACKAGES = ("configs", "models", "op", "losses", "sde_lib")
+DEVICES = ("cpu", "cuda")
+# How the original's op/ extensions are provided (see the module docstring).
+OPS = ("cuda", "native")
 
 
 def _load_bench_train():
@@ -107,16 +122,31 @@ def _without_extension_builds():
     cpp_extension.load = original_load
 
 
-def import_original(root: str | pathlib.Path) -> types.SimpleNamespace:
-  """The original's modules from the checkout at ``root``, with its ``op`` package importable on CPU.
+def _native_upfirdn2d(upfirdn2d_module):
+  """``upfirdn2d(input, kernel, up, down, pad)`` that always takes the original's pure-PyTorch path."""
+  native = upfirdn2d_module.upfirdn2d_native
+
+  def upfirdn2d(input, kernel, up=1, down=1, pad=(0, 0)):
+    return native(input, kernel, up, up, down, down, pad[0], pad[1], pad[0], pad[1])
+
+  return upfirdn2d
+
+
+def import_original(root: str | pathlib.Path, ops: str = "native") -> types.SimpleNamespace:
+  """The original's modules from the checkout at ``root``.
 
   ``op/fused_act.py`` and ``op/upfirdn2d.py`` run ``from torch.utils.cpp_extension import load`` and call
-  ``load(...)`` at import time; they are imported while ``load`` is :func:`_stub_load`, so they bind the
-  stub and build nothing. Their CPU code paths are the original's (see the module docstring).
+  ``load(...)`` at import time. With ``ops='native'`` they are imported while ``load`` is
+  :func:`_stub_load`, so they bind the stub and build nothing, and the networks' ``upfirdn2d`` is rebound to
+  the original's ``upfirdn2d_native`` for tensors on any device (on CPU that is the path the original takes
+  anyway). With ``ops='cuda'`` ``op`` is imported unchanged: the extensions are compiled there and then.
 
   Returns:
-    A namespace with ``losses``, ``sde_lib``, ``mutils`` (models.utils), ``ema`` (models.ema) and ``op``.
+    A namespace with ``losses``, ``sde_lib``, ``mutils`` (models.utils), ``ema`` (models.ema), ``op``,
+    ``ops`` and ``ops_build_s`` (the seconds the import of ``op`` took: the extension build with 'cuda').
   """
+  if ops not in OPS:
+    raise ValueError(f"ops={ops!r}: expected one of {list(OPS)}")
   root = pathlib.Path(root).resolve()
   _check_original(root)
   clashes = [n for n in _ORIGINAL_PACKAGES if n in sys.modules
@@ -125,13 +155,27 @@ def import_original(root: str | pathlib.Path) -> types.SimpleNamespace:
     raise RuntimeError(f"modules {clashes} are already imported from elsewhere and would shadow the original's")
   if str(root) not in sys.path:
     sys.path.insert(0, str(root))
-  with _without_extension_builds():
-    import op
+  start = time.perf_counter()
+  if ops == "cuda":
+    try:
+      import op
+    except Exception as e:  # a failed nvcc/ninja build raises RuntimeError, OSError or CalledProcessError
+      raise RuntimeError(f"the original's CUDA extensions (op/) did not build ({type(e).__name__}: {e}); "
+                         "--ops native runs its pure-PyTorch upfirdn2d instead") from e
+  else:
+    with _without_extension_builds():
+      import op
+  ops_build_s = time.perf_counter() - start
   import losses
   import sde_lib
-  from models import ddpm, ema, ncsnpp, ncsnv2  # noqa: F401  (importing registers the models, as run_lib)
+
+  # Importing ddpm, ncsnpp and ncsnv2 registers the models, as run_lib does.
+  from models import ddpm, ema, ncsnpp, ncsnv2, up_or_down_sampling  # noqa: F401
   from models import utils as mutils
-  return types.SimpleNamespace(losses=losses, sde_lib=sde_lib, mutils=mutils, ema=ema, op=op)
+  if ops == "native":
+    up_or_down_sampling.upfirdn2d = _native_upfirdn2d(sys.modules["op.upfirdn2d"])
+  return types.SimpleNamespace(losses=losses, sde_lib=sde_lib, mutils=mutils, ema=ema, op=op, ops=ops,
+                               ops_build_s=ops_build_s)
 
 
 def load_original_config(root: pathlib.Path, config: str):
@@ -166,21 +210,24 @@ def build_sde(original, config):
 def build_parser(bench_train) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="bench_train_torch.py",
-      usage=("%(prog)s --original PATH --config CONFIG --batch B --steps S [--shrink] "
-             "[--config.<section>.<field>=<value> ...]"),
+      usage=("%(prog)s --original PATH --config CONFIG --batch B --steps S [--device {cpu,cuda}] "
+             "[--ops {cuda,native}] [--shrink] [--config.<section>.<field>=<value> ...]"),
       description=(
-          "Time the training step of the original PyTorch implementation (score_sde_pytorch) on CPU, the\n"
-          "baseline for scripts/bench_train.py: its own create_model, ExponentialMovingAverage, Adam with\n"
+          "Time the training step of the original PyTorch implementation (score_sde_pytorch) on CPU or CUDA,\n"
+          "the baseline for scripts/bench_train.py: its own create_model, ExponentialMovingAverage, Adam with\n"
           "optimization_manager and losses.get_step_fn, on random images, with the original's config file.\n"
-          "Its CUDA extensions (op/) are not built: the original's CPU code paths run (see the module\n"
-          "docstring). One warm-up step, then --steps timed steps; the last line is JSON: images_per_s,\n"
-          "step_s (median), compile_s (0: eager), device, n_params, batch, ..."),
+          "--ops cuda builds the original's CUDA extensions (op/, needs nvcc and ninja); --ops native runs its\n"
+          "pure-PyTorch upfirdn2d instead (see the module docstring). One warm-up step, then --steps timed\n"
+          "steps; the last line is JSON: images_per_s, step_s (median), compile_s (0: eager), device,\n"
+          "n_params, batch, ops, ops_build_s, ..."),
       epilog=(
-          "config overrides: --config.<section>.<field>=<value>, as in bench_train.py (config.device stays cpu).\n\n"
+          "config overrides: --config.<section>.<field>=<value>, as in bench_train.py (config.device is --device).\n\n"
           "example:\n"
           "  git -C MIRROR archive HEAD | tar -x -C /tmp/score_sde_pytorch\n"
           "  python scripts/bench_train_torch.py --original /tmp/score_sde_pytorch \\\n"
-          "      --config configs/ve/cifar10_ncsnpp_continuous.py --batch 8 --steps 5"),
+          "      --config configs/ve/cifar10_ncsnpp_continuous.py --batch 8 --steps 5\n"
+          "  python scripts/bench_train_torch.py --original /tmp/score_sde_pytorch --device cuda \\\n"
+          "      --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128 --steps 20"),
       formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
   parser.add_argument("--original", required=True, metavar="PATH",
                       help="a checkout of yang-song/score_sde_pytorch (its code and configs are used)")
@@ -193,8 +240,13 @@ def build_parser(bench_train) -> argparse.ArgumentParser:
   parser.add_argument("--shrink", action="store_true",
                       help=("tiny network of the same family, for smoke tests (as bench_train.py): "
                             + ", ".join(f"{k}={v}" for k, v in bench_train.SHRINK.items())))
+  parser.add_argument("--device", choices=DEVICES, default="cpu",
+                      help="config.device of the original, where the step runs (default: %(default)s)")
+  parser.add_argument("--ops", choices=OPS, default=None,
+                      help="the original's op/ extensions: 'cuda' builds them (default with --device cuda), "
+                           "'native' runs its pure-PyTorch upfirdn2d (the only choice on cpu)")
   parser.add_argument("--threads", type=bench_train._positive_int, default=os.cpu_count(),
-                      help="torch.set_num_threads (default: os.cpu_count() = %(default)s)")
+                      help="torch.set_num_threads on cpu (default: os.cpu_count() = %(default)s)")
   parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default: %(default)s)")
   return parser
 
@@ -214,10 +266,19 @@ def parse_args(argv: Sequence[str] | None = None):
     parser.error(str(e))
   keys = {dotted for dotted, _ in overrides}
   if "training.batch_size" in keys or "device" in keys:
-    parser.error("set the batch size with --batch B; config.device is always cpu here")
+    parser.error("set the batch size with --batch B and the device with --device, not with --config.*")
+  if args.ops is None:
+    args.ops = "cuda" if args.device == "cuda" else "native"
+  if args.device == "cpu" and args.ops == "cuda":
+    parser.error("--ops cuda needs --device cuda: on cpu the original runs its pure-PyTorch upfirdn2d")
+  import torch
+
+  if args.device == "cuda" and not torch.cuda.is_available():
+    parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is "
+                 "False); run on a machine with an NVIDIA GPU and a CUDA build of PyTorch, or use --device cpu")
   root = pathlib.Path(args.original).resolve()
   try:
-    original = import_original(root)
+    original = import_original(root, ops=args.ops)
     config = load_original_config(root, args.config)
   except (FileNotFoundError, AttributeError, RuntimeError) as e:
     parser.error(str(e))
@@ -228,9 +289,7 @@ def parse_args(argv: Sequence[str] | None = None):
     build_sde(original, config)
   except ValueError as e:
     parser.error(str(e))
-  import torch
-
-  config.device = torch.device("cpu")
+  config.device = torch.device(args.device)
   config.training.batch_size = args.batch
   if not config.training.continuous:
     parser.error("training.continuous is False: this benchmark times the continuous (SDE) training step")
@@ -243,6 +302,8 @@ def bench(args, original, config) -> dict:
 
   torch.set_num_threads(args.threads)
   torch.manual_seed(args.seed)
+  cuda = args.device == "cuda"
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
   score_model = original.mutils.create_model(config)
   ema = original.ema.ExponentialMovingAverage(score_model.parameters(), decay=config.model.ema_rate)
   optimizer = original.losses.get_optimizer(config, score_model.parameters())
@@ -254,20 +315,32 @@ def bench(args, original, config) -> dict:
                                         likelihood_weighting=t.likelihood_weighting)
   n_params = sum(p.numel() for p in score_model.parameters())
   d = config.data
-  x = torch.rand(args.batch, d.num_channels, d.image_size, d.image_size)  # [B, C, H, W] in [0, 1]
+  x = torch.rand(args.batch, d.num_channels, d.image_size, d.image_size, device=config.device)  # [B, C, H, W]
   batch = 2.0 * x - 1.0 if d.centered else x
-  print(f"torch {torch.__version__} | cpu, {torch.get_num_threads()} threads (cpu_count {os.cpu_count()}) | "
-        f"python {platform.python_version()} | original {args.original} | config {args.config} | "
+  if cuda:
+    device = f"cuda:{torch.cuda.get_device_name(config.device)}"
+    switches = dict(cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+                    cudnn_benchmark=torch.backends.cudnn.benchmark)
+    where = f"{device} ({', '.join(f'{k}={v}' for k, v in switches.items())})"
+  else:
+    device, switches = "cpu", {}
+    where = f"cpu, {torch.get_num_threads()} threads (cpu_count {os.cpu_count()})"
+  print(f"torch {torch.__version__} | {where} | python {platform.python_version()} | original {args.original} | "
+        f"ops {args.ops} (import {original.ops_build_s:.1f} s) | config {args.config} | "
         f"{config.model.name} {n_params:,} params{' (shrunk)' if args.shrink else ''} | {type(sde).__name__} | "
         f"batch {args.batch} | float32", flush=True)
 
+  sync()
   start = time.perf_counter()
   step_fn(state, batch)  # warm-up
+  sync()
   warmup_s = time.perf_counter() - start
   times = []
   for _ in range(args.steps):
     start = time.perf_counter()
     loss = step_fn(state, batch)
+    sync()
     times.append(time.perf_counter() - start)
   loss = float(loss.item())
   if not math.isfinite(loss):
@@ -275,10 +348,11 @@ def bench(args, original, config) -> dict:
   step_s = statistics.median(times)
   print(f"{args.batch / step_s:.3f} images/s | step {step_s:.4f} s median, {min(times):.4f} s min over "
         f"{len(times)} (warm-up {warmup_s:.2f} s) | loss {loss:.4g}", flush=True)
-  return dict(images_per_s=args.batch / step_s, step_s=step_s, compile_s=0.0, device="cpu", n_devices=1,
+  return dict(images_per_s=args.batch / step_s, step_s=step_s, compile_s=0.0, device=device, n_devices=1,
               config=args.config, batch=args.batch, bf16=False, n_params=n_params, min_step_s=min(times),
               times_s=times, warmup_s=warmup_s, loss=loss, threads=torch.get_num_threads(), shrink=args.shrink,
-              torch=torch.__version__, implementation="score_sde_pytorch")
+              torch=torch.__version__, implementation="score_sde_pytorch", ops=args.ops,
+              ops_build_s=original.ops_build_s, **switches)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -109,3 +109,83 @@ def test_bench_train_torch_shrunk_original():
   out = _json_line(proc.stdout)
   _check_train_json(out)
   assert out["compile_s"] == 0.0 and out["implementation"] == "score_sde_pytorch", out
+
+
+def test_bench_train_torch_rejects_bad_device_and_ops_before_importing_the_original(capsys):
+  pytest.importorskip("torch")
+  import torch
+
+  bench = _load_script("bench_train_torch")
+  common = ["--original", "/no/such/checkout", "--config", "configs/vp/cifar10_ddpmpp_continuous.py",
+            "--batch", "2", "--steps", "1"]
+  with pytest.raises(SystemExit) as exit_info:
+    bench.main(common + ["--ops", "cuda"])
+  assert exit_info.value.code == 2
+  assert "--ops cuda needs --device cuda" in capsys.readouterr().err
+  if not torch.cuda.is_available():
+    with pytest.raises(SystemExit) as exit_info:
+      bench.main(common + ["--device", "cuda"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: torch" in err and "sees no CUDA device" in err, err
+
+
+def test_bench_train_torch_native_upfirdn2d_is_the_originals_cpu_path():
+  """--ops native rebinds the networks' upfirdn2d to the original's upfirdn2d_native; on CPU tensors it must
+  equal the original's own dispatch (which takes that path for CPU tensors), for up, down and padding."""
+  pytest.importorskip("torch")
+  original = os.environ.get("SCORE_SDE_PYTORCH")
+  if not original or not pathlib.Path(original, "losses.py").is_file():
+    pytest.skip("set SCORE_SDE_PYTORCH to a checkout of yang-song/score_sde_pytorch")
+  code = f"""
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("b", {str(SCRIPTS / "bench_train_torch.py")!r})
+b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)
+o = b.import_original({original!r}, ops="native")
+from models import up_or_down_sampling as u
+reference = sys.modules["op.upfirdn2d"].upfirdn2d
+assert u.upfirdn2d is not reference
+torch.manual_seed(0)
+x = torch.randn(2, 3, 8, 8)
+k = torch.tensor([[1., 3., 3., 1.]]).T @ torch.tensor([[1., 3., 3., 1.]]) / 64
+for up, down, pad in ((2, 1, (2, 1)), (1, 2, (1, 1)), (1, 1, (1, 2))):
+  a, r = u.upfirdn2d(x, k, up=up, down=down, pad=pad), reference(x, k, up=up, down=down, pad=pad)
+  assert a.shape == r.shape and torch.equal(a, r), (up, down, pad)
+print("ok", o.ops, round(o.ops_build_s, 3))
+"""
+  # A subprocess: the original's top-level packages would clash with score_jax's configs in this process.
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("ok native"), proc.stdout
+
+
+def test_gpu_session_rejects_an_unknown_stage_before_running_anything(tmp_path):
+  out = tmp_path / "out"
+  proc = subprocess.run(["bash", str(SCRIPTS / "gpu_session.sh"), "smoke", "no_such_stage"], capture_output=True,
+                        text=True, timeout=60, env=dict(os.environ, OUT=str(out)))
+  assert proc.returncode == 2, proc.stderr
+  assert "unknown stage 'no_such_stage'" in proc.stderr and "train128" in proc.stderr, proc.stderr
+  assert not out.exists()
+
+
+@pytest.mark.slow  # ~40 s on 2 cores: the shrunk DDPM++ step's compile
+def test_gpu_session_smoke_stage_records_both_implementations(tmp_path):
+  """The prepared GPU script's plumbing, on whatever device is here: its smoke stage runs bench_train.py (and
+  bench_train_torch.py when $SCORE_SDE_PYTORCH is a checkout) and records each JSON line in results.jsonl."""
+  out = tmp_path / "out"
+  env = dict(os.environ, OUT=str(out), PYTHON=sys.executable)
+  proc = subprocess.run(["bash", str(SCRIPTS / "gpu_session.sh"), "smoke"], capture_output=True, text=True,
+                        timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr + proc.stdout
+  rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  by_name = {row["name"]: row for row in rows}
+  assert by_name["smoke_jax"]["rc"] == 0, by_name
+  _check_train_json(by_name["smoke_jax"]["result"])
+  original = os.environ.get("SCORE_SDE_PYTORCH")
+  if original and pathlib.Path(original, "losses.py").is_file():
+    assert by_name["smoke_torch"]["rc"] == 0, by_name
+    _check_train_json(by_name["smoke_torch"]["result"])
+    assert by_name["smoke_torch"]["result"]["ops"] == "native"
+  else:
+    assert "smoke_torch" not in by_name and "no score_sde_pytorch checkout" in proc.stdout
+  assert "jax" in (out / "machine.txt").read_text()
