@@ -10,6 +10,10 @@
   python -m score_jax.eval metrics --samples runs/ve/samples/step_N_pc --stats cifar10_train.npz \
       --weights inception.npz --out metrics.json
 
+``metrics`` stores each chunk's features beside the samples (``features_<weights hash>/``, the folder
+``--mode eval`` writes) and reuses the ones already there for the same images, so a second run, or a run
+after ``--mode eval`` of the same samples, feeds no image again (``--no_store_features`` writes nothing).
+
 Features come from the FID Inception-v3 (:mod:`score_jax.inception`) whose weights the user converts once
 (``python -m score_jax.inception convert ...``; nothing is downloaded). Every function here also takes a
 ``feature_fn(images float [N, H, W, 3] in [0, 1]) -> {'pool3': [N, D], 'logits': [N, K]}`` so that another
@@ -206,16 +210,29 @@ def metrics_of_features(features: Mapping[str, np.ndarray], *, reference_stats=N
 
 def sample_metrics(samples_dir, feature_fn: FeatureFn, *, stats: str | None = None, reference_features=None,
                    batch_size: int = 200, limit: int | None = None, is_splits: int = 10,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, store_features: bool = True) -> dict:
   """FID (against ``stats``), Inception Score and KID (against ``reference_features`` [M, D], when given)
-  of the uint8 samples of a ``--mode sample`` directory (:func:`metrics_of_features` of their features)."""
+  of the uint8 samples of a ``--mode sample`` directory (:func:`metrics_of_features` of their features).
+
+  With ``store_features`` (the default) the features are those ``--mode eval`` stores beside the chunks
+  (``features_<tag>/``, :func:`score_jax.run_lib.sample_features`): chunks whose features are already there,
+  for the same images and the same network, are not fed again, and the ones computed are stored. With
+  ``store_features=False`` nothing is written and every image is fed.
+  """
   reference_stats = load_reference_stats(stats, feature_fn) if stats else None  # before any feature work
   from score_jax import run_lib  # the reader of the chunks run_lib.sample writes
 
-  feats = features_of(run_lib.sample_chunks(samples_dir, limit), feature_fn, batch_size=batch_size, total=limit,
-                      progress=progress)
-  return metrics_of_features(feats, reference_stats=reference_stats, reference_features=reference_features,
-                             is_splits=is_splits)
+  if store_features:
+    feats, written = run_lib.sample_features(samples_dir, feature_fn, limit=limit, batch_size=batch_size,
+                                             progress=progress)
+  else:
+    feats, written = features_of(run_lib.sample_chunks(samples_dir, limit), feature_fn, batch_size=batch_size,
+                                 total=limit, progress=progress), None
+  result = metrics_of_features(feats, reference_stats=reference_stats, reference_features=reference_features,
+                               is_splits=is_splits)
+  if written is not None:
+    result["feature_chunks_computed"] = written
+  return result
 
 
 # ---- command line -----------------------------------------------------------------------------------------
@@ -240,6 +257,9 @@ def _parser() -> argparse.ArgumentParser:
   m.add_argument("--limit", type=int, default=None, help="only the first N samples (default: all)")
   m.add_argument("--is_splits", type=int, default=10, help="Inception Score splits (score_sde reports 1)")
   m.add_argument("--out", default=None, help="write the metrics as JSON here")
+  m.add_argument("--no_store_features", action="store_true",
+                 help="feed every sample and write nothing beside them (default: reuse and store the features in "
+                      "SAMPLES/features_<weights hash>/, as --mode eval does)")
   for p in (s, m):
     p.add_argument("--weights", required=True, help="converted FID Inception weights (.npz; python -m "
                    "score_jax.inception convert writes them)")
@@ -273,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       feature_fn = inception_feature_fn(args.weights, args.sha256)
       result = sample_metrics(args.samples, feature_fn, stats=args.stats, reference_features=reference,
                               batch_size=args.batch_size, limit=args.limit, is_splits=args.is_splits,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, store_features=not args.no_store_features)
       if args.out:
         fileio.write_json(args.out, result)
   except (ValueError, FileNotFoundError, FileExistsError) as e:

@@ -22,6 +22,7 @@ device count (nor, for samples, on ``eval.batch_size``; see :func:`sample` for t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -40,8 +41,8 @@ from tqdm.auto import tqdm
 from score_jax import builders, checkpoints, classifier, datasets, fileio, likelihood, models, parallel, sde_lib, train
 
 __all__ = ["Experiment", "setup", "train_and_evaluate", "dry_run", "evaluate", "sample", "load_samples",
-           "sample_chunks", "summary_line", "STREAM_INIT", "STREAM_TRAIN", "STREAM_SNAPSHOT", "STREAM_EVAL",
-           "STREAM_SAMPLE"]
+           "sample_chunks", "sample_features", "summary_line", "STREAM_INIT", "STREAM_TRAIN", "STREAM_SNAPSHOT",
+           "STREAM_EVAL", "STREAM_SAMPLE"]
 
 log = logging.getLogger(__name__)
 
@@ -636,19 +637,43 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
       result.update(sample_eval.metrics_of_features(features, reference_stats=reference_stats,
                                                     reference_features=reference))
   result["seconds"] = time.time() - t0
-  _write_eval(config, workdir, result, ("loss", "bpd", "fid", "inception_score", "kid"))
+  _write_eval(config, workdir, result, ("loss", "bpd", "fid", "inception_score", "kid"),
+              feature_fn if enable_sampling else None)
   return result
 
 
-def _eval_settings(config: ml_collections.ConfigDict) -> dict:
-  """What an evaluation's numbers depend on besides the checkpoint (recorded with them; see :func:`_evaluate_all`)."""
-  return json.loads(json.dumps(dict(seed=int(config.seed), eval=config.eval.to_dict(),
-                                    sampling=config.sampling.to_dict(), data=config.data.to_dict())))
+def _file_sha256(path: str) -> str:
+  """sha256 of the file at ``path`` (~1 s for a 400 MB statistics file with pool_3 features)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
-def _write_eval(config: ml_collections.ConfigDict, workdir, result: dict, scalars: Sequence[str]) -> None:
+def _eval_settings(config: ml_collections.ConfigDict, feature_fn=None) -> dict:
+  """What an evaluation's numbers depend on besides the checkpoint (recorded with them; see :func:`_evaluate_all`).
+
+  Besides the config sections: with ``feature_fn`` (sample metrics) its tag (the weights' sha256 for the FID
+  Inception, wherever the weights were found) and the sha256 of the ``eval.fid_stats`` file, so that new weights
+  or statistics rewritten at the same path count as other settings.
+  """
+  settings = dict(seed=int(config.seed), eval=config.eval.to_dict(), sampling=config.sampling.to_dict(),
+                  data=config.data.to_dict())
+  if feature_fn is not None:
+    from score_jax import eval as sample_eval
+
+    settings["features"] = sample_eval.feature_tag(feature_fn)
+    stats = config.eval.get("fid_stats", "") or ""
+    if stats:
+      settings["fid_stats_sha256"] = _file_sha256(stats)
+  return json.loads(json.dumps(settings))
+
+
+def _write_eval(config: ml_collections.ConfigDict, workdir, result: dict, scalars: Sequence[str],
+                feature_fn=None) -> None:
   """``result`` with its settings to ``workdir/eval/<checkpoint>.json``, and ``scalars`` of it to TensorBoard."""
-  result["settings"] = _eval_settings(config)
+  result["settings"] = _eval_settings(config, feature_fn)
   if jax.process_index() != 0:
     return
   out = pathlib.Path(workdir) / "eval"
@@ -677,11 +702,12 @@ def _evaluate_all(config: ml_collections.ConfigDict, workdir, *, progress: bool,
     steps = ckpts.all_steps()
   if not steps:
     raise FileNotFoundError(f"--checkpoint={ALL_CHECKPOINTS}: no checkpoints in {directory}; train first.")
-  if feature_fn is None and bool(config.eval.get("enable_sampling", False)) and not builders.is_classifier(config):
+  sampling = bool(config.eval.get("enable_sampling", False)) and not builders.is_classifier(config)
+  if feature_fn is None and sampling:
     from score_jax import eval as sample_eval
 
     feature_fn = sample_eval.inception_feature_fn(_inception_weights(config))  # loaded once for all checkpoints
-  settings = _eval_settings(config)
+  settings = _eval_settings(config, feature_fn if sampling else None)  # as evaluate() records them
   results, reused, skipped = [], 0, []
   for step in steps:
     saved = pathlib.Path(workdir) / "eval" / f"step_{step}.json"
@@ -903,32 +929,90 @@ def _features_path(features_dir: pathlib.Path, start: int) -> pathlib.Path:
   return features_dir / f"features_{start:07d}.npz"
 
 
-def _valid_features(path: pathlib.Path, count: int) -> bool:
+def _images_digest(images: np.ndarray) -> str:
+  """sha256 of a chunk's uint8 images (shape and bytes): ties stored features to the images they came from."""
+  images = np.ascontiguousarray(images)
+  return hashlib.sha256(repr(images.shape).encode() + images.tobytes()).hexdigest()
+
+
+def _valid_features(path: pathlib.Path, count: int, digest: str) -> bool:
+  """Whether ``path`` holds the features of ``count`` images whose :func:`_images_digest` is ``digest``."""
   if not path.exists():
     return False
   try:
     with np.load(path) as f:
-      return len(f["pool3"]) == count and len(f["logits"]) == count
+      if len(f["pool3"]) != count or len(f["logits"]) != count:
+        return False
+      found = str(f["images_sha256"]) if "images_sha256" in f.files else None
   except Exception as e:  # a truncated or foreign file: redo the chunk's features
     log.warning("redoing unreadable features %s (%s)", path, e)
     return False
+  if found != digest:  # the chunk was replaced by other images (or the file predates the digest)
+    log.warning("redoing %s: its features are not those of the images in the sample chunk now", path)
+    return False
+  return True
 
 
 def _chunk_features(features_dir: pathlib.Path, start: int, count: int, samples_path: pathlib.Path,
                     images: np.ndarray | None, feature_fn, *, batch_size: int) -> int:
-  """Features of one sample chunk, unless already saved: 1 if they were computed and written, else 0."""
+  """Features of one sample chunk, unless already saved for these very images: 1 if they were computed and
+  written, else 0. The file records the images' sha256 (:func:`_images_digest`), so features are never reused
+  for a chunk whose images changed."""
   from score_jax import eval as sample_eval
 
   path = _features_path(features_dir, start)
-  if _valid_features(path, count):
-    return 0
-  if images is None:  # a chunk of an earlier run whose features were not written (killed in between)
+  if images is None:  # a chunk already on disk (this run's resume, or another run's samples)
     with np.load(samples_path) as f:
       images = f["images"]
+  digest = _images_digest(images)
+  if _valid_features(path, count, digest):
+    return 0
   feats = sample_eval.features_of([images], feature_fn, batch_size=batch_size, progress=False)
   fileio.savez(str(path), pool3=feats["pool3"].astype(np.float32), logits=feats["logits"].astype(np.float32),
-               index=np.arange(start, start + count))
+               index=np.arange(start, start + count), images_sha256=np.asarray(digest))
   return 1
+
+
+def sample_features(samples_dir, feature_fn, *, limit: int | None = None, batch_size: int = _FEATURE_BATCH,
+                    progress: bool = True) -> tuple[dict[str, np.ndarray], int]:
+  """The features of the first ``limit`` (default: all) samples of a ``--mode sample`` directory, extracted
+  chunk by chunk and stored beside the chunks as ``--mode eval`` stores them
+  (``features_<tag>/features_<start>.npz``), so that features already there for the same images and the same
+  network are read instead of recomputed.
+
+  Returns:
+    ``({'pool3': [N, D], 'logits': [N, K]} float64, the number of chunks whose features were computed)``.
+
+  Raises:
+    FileNotFoundError: no ``samples_*.npz`` chunks in ``samples_dir``.
+    ValueError: the chunks do not follow each other (a chunk is missing).
+  """
+  from score_jax import eval as sample_eval
+
+  directory = pathlib.Path(samples_dir)
+  paths = _chunk_paths(directory)
+  features_dir = directory / f"{FEATURES_PREFIX}{sample_eval.feature_tag(feature_fn)}"
+  features_dir.mkdir(exist_ok=True)
+  parts: dict[str, list[np.ndarray]] = dict(pool3=[], logits=[])
+  seen = written = 0
+  for path in tqdm(paths, desc="features", unit="chunk", disable=not progress):
+    if limit is not None and seen >= limit:
+      break
+    with np.load(path) as f:
+      images = f["images"]
+      start = int(f["index"][0]) if "index" in f.files and len(f["index"]) else seen
+    if start != seen:
+      raise ValueError(f"{path} starts at sample {start}, but the chunks before it hold {seen} samples: a chunk is "
+                       "missing (rerun --mode sample with the same settings to draw it).")
+    written += _chunk_features(features_dir, start, len(images), path, images, feature_fn, batch_size=batch_size)
+    take = len(images) if limit is None else min(len(images), limit - seen)
+    with np.load(_features_path(features_dir, start)) as f:
+      for name in parts:
+        parts[name].append(np.asarray(f[name][:take], np.float64))
+    seen += take
+  if seen == 0:
+    raise ValueError(f"the sample chunks in {directory} hold no images.")
+  return {name: np.concatenate(values) for name, values in parts.items()}, written
 
 
 def load_features(features_dir, num_samples: int) -> dict[str, np.ndarray]:
@@ -964,14 +1048,18 @@ def _valid_chunk(path: pathlib.Path, count: int, image_shape) -> bool:
     return False
 
 
-def sample_chunks(directory, limit: int | None = None):
-  """The uint8 chunks ``[n, H, W, C]`` of a ``--mode sample`` directory in index order, up to ``limit`` samples."""
+def _chunk_paths(directory: pathlib.Path) -> list[pathlib.Path]:
   paths = sorted(pathlib.Path(directory).glob("samples_*.npz"))
   if not paths:
     raise FileNotFoundError(f"no samples_*.npz chunks in {directory} (python -m score_jax.main --mode sample writes "
                             "them).")
+  return paths
+
+
+def sample_chunks(directory, limit: int | None = None):
+  """The uint8 chunks ``[n, H, W, C]`` of a ``--mode sample`` directory in index order, up to ``limit`` samples."""
   seen = 0
-  for path in paths:
+  for path in _chunk_paths(directory):
     with np.load(path) as f:
       images = f["images"]
     if limit is not None:

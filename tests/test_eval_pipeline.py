@@ -77,6 +77,49 @@ def test_sample_metrics_match_the_metrics_on_the_same_features(npz_data, tmp_pat
   assert sj_eval.sample_metrics(samples, fake_feature_fn, limit=10, progress=False)["num_samples"] == 10
 
 
+class _Counting:
+  """fake_feature_fn, counting the images fed to it."""
+
+  tag = "counting"
+
+  def __init__(self):
+    self.images = 0
+
+  def __call__(self, images):
+    self.images += len(images)
+    return fake_feature_fn(images)
+
+
+def test_sample_metrics_store_and_reuse_features_of_the_same_images_only(npz_data, tmp_path):
+  _, images = npz_data
+  samples = tmp_path / "samples"
+  samples.mkdir()
+  for start in range(0, 25, 8):  # chunks as run_lib.sample writes them, with their sample indices
+    fileio.savez(str(samples / f"samples_{start:07d}.npz"), images=images[start:start + 8],
+                 index=np.arange(start, min(start + 8, 25)))
+  fn = _Counting()
+  first = sj_eval.sample_metrics(samples, fn, batch_size=8, is_splits=1, progress=False)
+  assert fn.images == 32 and first["feature_chunks_computed"] == 4  # 4 chunks, the last padded to 8
+  assert sorted(p.name for p in (samples / "features_counting").iterdir()) == [
+      f"features_{s:07d}.npz" for s in (0, 8, 16, 24)]
+  fed_once = sj_eval.sample_metrics(samples, fake_feature_fn, batch_size=8, is_splits=1, progress=False,
+                                    store_features=False)
+  fn.images = 0
+  again = sj_eval.sample_metrics(samples, fn, batch_size=8, is_splits=1, progress=False)
+  assert fn.images == 0 and again["feature_chunks_computed"] == 0
+  assert again["inception_score"] == pytest.approx(fed_once["inception_score"], rel=1e-6)  # float32 storage
+  assert sj_eval.sample_metrics(samples, fn, limit=10, progress=False)["num_samples"] == 10 and fn.images == 0
+  # a chunk replaced by other images: its features are recomputed, the others are kept
+  other = np.ascontiguousarray(images[8:16][::-1])
+  fileio.savez(str(samples / "samples_0000008.npz"), images=other, index=np.arange(8, 16))
+  replaced = sj_eval.sample_metrics(samples, fn, batch_size=8, is_splits=1, progress=False)
+  assert fn.images == 8 and replaced["feature_chunks_computed"] == 1
+  # a missing chunk in the middle is an error, not a silently shorter set
+  (samples / "samples_0000016.npz").unlink()
+  with pytest.raises(ValueError, match="a chunk is missing"):
+    sj_eval.sample_metrics(samples, fn, progress=False)
+
+
 def test_cli_errors_before_work(tmp_path, capsys):
   code = sj_eval.main(["stats", "--dataset", "npz", "--root", str(tmp_path / "missing.npz"), "--weights",
                        str(tmp_path / "w.npz"), "--out", str(tmp_path / "s.npz"), "--no_progress"])

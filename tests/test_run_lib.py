@@ -368,7 +368,7 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   with np.load(stats) as f:
     reference = f["pool_3"]
   second_pass = sj_eval.sample_metrics(samples, features.fn, stats=str(stats), reference_features=reference,
-                                       progress=False)
+                                       progress=False, store_features=False)  # every image fed again
   for name in ("fid", "inception_score", "kid"):  # features are stored as float32
     assert result[name] == pytest.approx(second_pass[name], rel=1e-5, abs=1e-9), name
   # killed between a chunk and its features, and before the last chunk: only those are redone
@@ -384,6 +384,11 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   features.images = 0
   assert run_lib.evaluate(config, workdir, progress=False, feature_fn=features)["fid"] == pytest.approx(result["fid"])
   assert features.images == 0  # nothing left to compute
+  # `python -m score_jax.eval metrics` on the same samples and network reads the features --mode eval stored
+  reread = sj_eval.sample_metrics(samples, features, stats=str(stats), reference_features=reference, progress=False)
+  assert features.images == 0 and reread["feature_chunks_computed"] == 0
+  for name in ("fid", "inception_score", "kid"):
+    assert reread[name] == pytest.approx(result[name], rel=1e-12), name
 
 
 def test_eval_of_every_checkpoint(trained, tmp_path, caplog):
@@ -406,6 +411,19 @@ def test_eval_of_every_checkpoint(trained, tmp_path, caplog):
   features.images = 0
   again = run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
   assert again["reused"] == 1 and again["evaluated"] == 0 and features.images == 0
+  # other statistics written at the same path: evaluated anew (the samples and their features are reused)
+  with np.load(stats) as f:
+    content = {name: f[name] for name in f.files}
+  stats.unlink()
+  np.savez(stats, **{**content, "mu": content["mu"] + 1.0})
+  moved = run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
+  assert moved["evaluated"] == 1 and features.images == 0
+  assert moved["results"][0]["fid"] != pytest.approx(single["fid"], rel=1e-3)  # against the new statistics
+  # another feature network (another tag): evaluated anew, with its own features
+  other = _CountingFeatures()
+  other.tag = "other_features"
+  assert run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=other)["evaluated"] == 1
+  assert other.images > 0
   # other settings: evaluated anew
   changed = tiny_config(trained["data"], **{**overrides, "eval.enable_loss": False})
   assert run_lib.evaluate(changed, workdir, checkpoint="all", progress=False, feature_fn=features)["evaluated"] == 1
