@@ -75,6 +75,10 @@ _STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step JSON; gets commit_ti
 _MAX_LISTED = 5  # mismatches named in an error message
 
 
+# What orbax says when the saved tree differs from the template's (two wordings, by where it is noticed).
+_TREE_MISMATCH = ("Structure mismatch", "tree structures do not match")
+
+
 class CheckpointCorruptError(RuntimeError):
   """A checkpoint directory that is partial, truncated or unreadable."""
 
@@ -338,8 +342,12 @@ class Checkpointer:
     """The JSON record saved with ``step`` (fingerprint, config, params signature, seed, data position)."""
     return self._read_meta(int(step))
 
-  def restore(self, step: int | None = None):
+  def restore(self, step: int | None = None, *, items: Sequence[str] | None = None):
     """The state saved at ``step`` (default: :meth:`latest_step`), exactly as saved.
+
+    ``items`` (e.g. ``('ema_params', 'step')`` to evaluate or sample) restores only those entries of the
+    state, reading only their arrays (orbax's partial restore): a quarter of an Adam state's bytes for the EMA
+    weights. The checkpoint's metadata is checked as for a whole restore.
 
     Raises:
       FileNotFoundError: there is no checkpoint (of that step).
@@ -355,30 +363,43 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; there are {self.all_steps()}")
     path = self.directory / str(step)
     self._check_compatible(self._read_meta(step), path)
+    abstract = self._abstract
+    if items is not None:
+      unknown = sorted(set(items) - set(self._abstract))
+      if unknown or not items:
+        raise ValueError(f"items={list(items)!r}: expected a non-empty subset of {sorted(self._abstract)}")
+      abstract = {name: self._abstract[name] for name in items}
     try:
-      state = self._mngr.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(
-          self._abstract)}))[STATE_ITEM]
+      if items is None:
+        state = self._mngr.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(
+            abstract)}))[STATE_ITEM]
+      else:  # read by a PyTree checkpointer of its own: the manager keeps one handler per item, the standard one
+        with ocp.PyTreeCheckpointer() as reader:
+          state = reader.restore(path / STATE_ITEM, args=ocp.args.PyTreeRestore(
+              item=abstract, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
     except Exception as e:  # truncated or missing array files surface as tensorstore/orbax errors of many kinds
-      if "Structure mismatch" in str(e):  # a whole checkpoint of another state tree, e.g. another optimizer
+      if any(m in str(e) for m in _TREE_MISMATCH):  # a whole checkpoint of another state tree (another optimizer)
         raise ValueError(f"checkpoint {path} holds a state tree that differs from this config's (an optim.* change "
                          f"such as grad_clip or weight_decay changes the optimizer state): {str(e)[:300]}. Resume "
                          "with the config it was written with, or use a new workdir. Nothing was overwritten.") from e
       raise CheckpointCorruptError(f"{path}: unreadable arrays ({type(e).__name__}: {str(e)[:300]})") from e
     got = jax.tree.map(lambda x: (np.shape(x), np.dtype(x.dtype)), state)
-    want = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), self._abstract)
-    if got != want or int(state["step"]) != step:
+    want = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), abstract)
+    if got != want or ("step" in state and int(state["step"]) != step):
       raise CheckpointCorruptError(f"{path}: the restored arrays do not have the recorded shapes, dtypes or step")
     return state
 
-  def restore_latest(self):
-    """The state of the newest valid checkpoint, or ``None`` when there is none (a fresh start).
+  def restore_latest(self, *, items: Sequence[str] | None = None):
+    """The state of the newest valid checkpoint (only ``items`` of it, as :meth:`restore`), or ``None`` when
+    there is none (a fresh start).
 
     Corrupt or partial checkpoints are skipped with a warning naming them (and replaced when the run saves
     that step again); a checkpoint of another config raises ``ValueError`` (see :meth:`restore`).
     """
     for step in reversed(self.all_steps()):
       try:
-        state = self.restore(step)
+        state = self.restore(step, items=items)
       except CheckpointCorruptError as e:
         log.warning("skipping corrupt checkpoint %s: %s", self.directory / str(step), e)
         continue

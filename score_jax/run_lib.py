@@ -505,6 +505,9 @@ def _write_snapshot(exp: Experiment, sample_fn, params, workdir: pathlib.Path, s
 # ---- loading parameters for eval and sample ---------------------------------------------------------------
 
 
+_EVAL_ITEMS = ("ema_params", "step")  # what evaluation and sampling restore of a training state
+
+
 def _load_params(exp: Experiment, workdir, checkpoint: str | None) -> tuple[Any, str, int | None]:
   """EMA parameters to evaluate or sample: ``(params, tag, step)``.
 
@@ -528,13 +531,13 @@ def _load_params(exp: Experiment, workdir, checkpoint: str | None) -> tuple[Any,
   if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoints in {directory}: train first (--mode train), or pass --checkpoint=PATH "
                             "of an original checkpoint converted with python -m score_jax.convert.")
-  with _checkpointer(exp, workdir) as ckpts:
+  with _checkpointer(exp, workdir) as ckpts:  # the EMA weights and the step only: no optimizer state is read
     if checkpoint in (None, "", "latest"):
-      state = ckpts.restore_latest()
+      state = ckpts.restore_latest(items=_EVAL_ITEMS)
       if state is None:
         raise FileNotFoundError(f"no valid checkpoint in {directory} (see the warnings above).")
     else:
-      state = ckpts.restore(int(checkpoint))
+      state = ckpts.restore(int(checkpoint), items=_EVAL_ITEMS)
   step = int(state["step"])
   return state["ema_params"], f"step_{step}", step
 

@@ -124,6 +124,29 @@ def test_round_trip_is_bit_exact(tmp_path):
   assert meta["params"] == {"b": "float32[]", "w": "float32[3]"} and meta["config"] == CONFIG_SECTIONS
 
 
+def test_partial_restore_reads_only_the_items_asked_for(tmp_path):
+  state = _init_state()
+  for _ in range(3):
+    state = _train_step(state)
+  with _checkpointer(tmp_path) as ckpts:
+    assert ckpts.save(state, 3, force=True)
+  with _checkpointer(tmp_path) as ckpts:
+    part = ckpts.restore(3, items=("ema_params", "step"))
+    assert sorted(part) == ["ema_params", "step"]
+    assert ck.tree_differences(part["ema_params"], state["ema_params"]) == [] and int(part["step"]) == 3
+    assert ck.tree_differences(ckpts.restore_latest(items=("ema_params",))["ema_params"], state["ema_params"]) == []
+    with pytest.raises(ValueError, match=r"items=\['nope'\]: expected a non-empty subset of"):
+      ckpts.restore(3, items=("nope",))
+  # A template with another optimizer state (an optim.* change): the whole state no longer restores, the EMA
+  # weights do, since the optimizer state is not read at all.
+  other = dict(_init_state(), opt_state=optax.chain(optax.clip_by_global_norm(1.0), _OPTIMIZER).init(
+      _init_state()["params"]))
+  with _checkpointer(tmp_path, template=other) as ckpts:
+    with pytest.raises(ValueError, match="state tree that differs"):
+      ckpts.restore(3)
+    assert ck.tree_differences(ckpts.restore(3, items=("ema_params",))["ema_params"], state["ema_params"]) == []
+
+
 @pytest.mark.parametrize("keep", [2, None])
 def test_retention_snapshots_and_one_preemption_checkpoint(tmp_path, keep):
   state = _init_state()
