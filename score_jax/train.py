@@ -10,9 +10,11 @@ Randomness is derived, not carried. Step ``s`` uses ``key_s = fold_in(key, s)``,
 alone: one device, ``jax.jit`` over a mesh and ``jax.pmap`` over the same global batch draw the same
 numbers for the same example, and give the same losses, gradients and parameters up to float rounding.
 (Folding the device index into the key, as the original does, would tie the draws to the device layout.)
-To give each example its own dropout key the network is applied one example at a time under ``jax.vmap``,
-which XLA batches back into one call; all networks here normalise per example, so this changes nothing
-else.
+The network runs on the whole batch at once; its dropout layers (``flax.linen.Dropout``) are intercepted
+(:func:`_per_example_dropout`) so that each example's mask comes from its own key and the layer, never
+from its position in the batch. (Applying the network one example at a time under ``jax.vmap`` would give
+the same independence; on CPU it made the full-size DDPM++ step ~10% slower and its compilation ~15%
+longer.)
 """
 
 from __future__ import annotations
@@ -152,29 +154,73 @@ def _bf16_inputs(next_fun, args, kwargs, context):
   return next_fun(*args, **kwargs)
 
 
+# The 'dropout' rng the network is applied with: it only tells the dropout layers apart (flax folds each
+# layer's path and call count into it); the randomness of a mask comes from its example's key.
+_DROPOUT_LAYERS_KEY = 0
+
+
+def _per_example_dropout(keys: Array):
+  """Flax interceptor of ``nn.Dropout``: the mask of example ``b`` is drawn from ``keys[b]`` and the layer.
+
+  The layer is identified by ``make_rng('dropout')`` (a key derived from the constant root
+  :data:`_DROPOUT_LAYERS_KEY`, the layer's path and its call count), whose data are folded into each
+  example's key. Each example's masks therefore depend on its own key alone, not on the batch it is in, as
+  when the network is applied to one example at a time. Same keep probability and ``1 / keep`` scaling as
+  ``nn.Dropout``; other modules are not touched.
+  """
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if not isinstance(module, nn.Dropout) or context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    x = args[0]
+    deterministic = nn.merge_param("deterministic", module.deterministic,
+                                   args[1] if len(args) > 1 else kwargs.get("deterministic"))
+    if deterministic or module.rate == 0.0:
+      return x
+    if module.broadcast_dims or kwargs.get("rng") is not None:
+      raise NotImplementedError("per-example dropout supports nn.Dropout without broadcast_dims or an rng argument")
+    if module.rate == 1.0:
+      return jnp.zeros_like(x)
+    layer = jax.random.key_data(module.make_rng(module.rng_collection)).reshape(-1)
+    keep = 1.0 - module.rate
+
+    def mask(key):
+      for word in range(layer.shape[0]):
+        key = jax.random.fold_in(key, layer[word])
+      return jax.random.bernoulli(key, keep, x.shape[1:])
+
+    masks = jax.vmap(mask)(keys)  # [B, ...]
+    return jax.lax.select(masks, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+  return interceptor
+
+
 def _make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True) -> Callable[[Array, Array], Array]:
   """The network as a batched ``model_fn(x [B, ...], labels [B]) -> fp32 [B, ...]``, in train mode (dropout)
   unless ``train=False``.
 
-  Each example gets its own dropout key from ``keys [B]``. With a bf16 ``compute_dtype`` the parameters and
-  the inputs of every layer are bf16 (the fp32 master weights get fp32 gradients through the cast), except
-  the Fourier features (:data:`_FP32_MODULES`); the labels reach the network in fp32 and the output is cast
-  back to fp32 for the loss.
+  Each example's dropout masks come from its own key in ``keys [B]`` (:func:`_per_example_dropout`). With a
+  bf16 ``compute_dtype`` the parameters and the inputs of every layer are bf16 (the fp32 master weights get
+  fp32 gradients through the cast), except the Fourier features (:data:`_FP32_MODULES`); the labels reach the
+  network in fp32 and the output is cast back to fp32 for the loss.
   """
   bf16 = compute_dtype == jnp.bfloat16
   variables = {"params": _cast_params(params, compute_dtype) if bf16 else params}
+  dropout_keys = jax.vmap(lambda k: jax.random.fold_in(k, _KEY_DROPOUT))(keys)
 
-  def one(x, label, key):  # x [...], label []
-    key = jax.random.fold_in(key, _KEY_DROPOUT)
-    apply = models.get_model_fn(model, variables, train=train, rng=key if train else None)
-    if bf16:
-      with nn.intercept_methods(_bf16_inputs):
-        out = apply(x[None].astype(compute_dtype), label[None])
-    else:
-      out = apply(x[None], label[None])
-    return out[0].astype(jnp.float32)
+  def model_fn(x, labels):
+    apply = models.get_model_fn(model, variables, train=train,
+                                rng=jax.random.PRNGKey(_DROPOUT_LAYERS_KEY) if train else None)
+    with nn.intercept_methods(_per_example_dropout(dropout_keys)):
+      if bf16:
+        with nn.intercept_methods(_bf16_inputs):
+          out = apply(x.astype(compute_dtype), labels)
+      else:
+        out = apply(x, labels)
+    return out.astype(jnp.float32)
 
-  return lambda x, labels: jax.vmap(one)(x, labels, keys)
+  return model_fn
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, train: bool = True):
