@@ -23,6 +23,8 @@
 #   PYTHON             the interpreter (default: python3)
 #   STEPS              timed steps per training run (default: 20)
 #   RUN_LIMIT_S        seconds allowed to each run before it is stopped (default: 240)
+#   TOTAL_LIMIT_S      seconds for the whole script (default: 540, inside the device tool's 600 s per call);
+#                      a run gets what is left of it at most, and runs with under 30 s left are skipped
 #
 # Packages missing on the GPU machine (ml_collections, say) can be put as wheels in .gpu/whl/: they are
 # installed into a temporary folder first, with no index. .gpu/ is ignored by git. To prepare it here:
@@ -42,6 +44,8 @@ PYTHON=${PYTHON:-python3}
 ORIGINAL=${SCORE_SDE_PYTORCH:-.gpu/score_sde_pytorch}
 STEPS=${STEPS:-20}
 RUN_LIMIT_S=${RUN_LIMIT_S:-240}
+TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-540}
+DEADLINE=$((SECONDS + TOTAL_LIMIT_S))
 NCSNPP=configs/ve/cifar10_ncsnpp_continuous.py
 DDPMPP=configs/vp/cifar10_ddpmpp_continuous.py
 STAGES=(train128 bf16 train8 native inception smoke)
@@ -86,9 +90,17 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 # scripts' JSON result) in OUT/results.jsonl as {"name", "rc", "result"}.
 run() {
   local name=$1; shift
-  echo "== $name: $*"
+  local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    echo "== $name: skipped, ${left} s left of TOTAL_LIMIT_S=$TOTAL_LIMIT_S"
+    echo "{\"name\": \"$name\", \"rc\": null, \"skipped\": \"time\"}" >>"$OUT/results.jsonl"
+    return
+  fi
+  local limit=$RUN_LIMIT_S
+  [ "$left" -lt "$limit" ] && limit=$left
+  echo "== $name (limit ${limit} s): $*"
   local start=$SECONDS
-  timeout "$RUN_LIMIT_S" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   local last
   last=$(tail -n 1 "$OUT/$name.log")
