@@ -39,7 +39,7 @@ def _check_same_shape(name: str, a: Array, x: Array) -> None:
 
 
 def sde_loss(sde: sde_lib.SDE, score_fn, x: Array, t: Array, z: Array, *, reduce_mean: bool = True,
-             likelihood_weighting: bool = False) -> Array:
+             likelihood_weighting: bool = False, per_example: bool = False) -> Array:
   """Continuous denoising score matching (eq. 7), averaged over the batch.
 
   With ``x_t = a(t) x + s(t) z`` the per-example loss is ``|s(t) score(x_t, t) + z|^2`` (the paper's
@@ -54,9 +54,10 @@ def sde_loss(sde: sde_lib.SDE, score_fn, x: Array, t: Array, z: Array, *, reduce
     z: standard normal draws ``[B, ...]`` (scaled by ``s(t)`` here).
     reduce_mean: average (True) or half-sum (False) over data dimensions.
     likelihood_weighting: use ``g(t)^2`` weighting instead of ``s(t)^2``.
+    per_example: return each example's loss ``[B]`` instead of their mean.
 
   Returns:
-    Scalar loss.
+    Scalar loss (``[B]`` with ``per_example``).
   """
   _check_same_shape("z", z, x)
   mean, std = sde.marginal_prob(x, t)
@@ -69,7 +70,12 @@ def sde_loss(sde: sde_lib.SDE, score_fn, x: Array, t: Array, z: Array, *, reduce
       return _reduce(jnp.square(score + z / std), reduce_mean) * g2
     return _reduce(jnp.square(score * std + z), reduce_mean)
 
-  return jnp.mean(jax.vmap(one)(score, z, std, t))
+  return _mean_unless(jax.vmap(one)(score, z, std, t), per_example)
+
+
+def _mean_unless(losses: Array, per_example: bool) -> Array:
+  """The batch mean of per-example ``losses [B]``, or the losses themselves with ``per_example``."""
+  return losses if per_example else jnp.mean(losses)
 
 
 def _check_labels(labels: Array, x: Array, N: int) -> None:
@@ -80,7 +86,7 @@ def _check_labels(labels: Array, x: Array, N: int) -> None:
 
 
 def smld_loss(sde: sde_lib.VESDE, model_fn, x: Array, labels: Array, noise: Array, *,
-              reduce_mean: bool = False) -> Array:
+              reduce_mean: bool = False, per_example: bool = False) -> Array:
   """SMLD/NCSN denoising score matching at discrete noise levels (Song & Ermon 2019).
 
   ``labels`` index the noise levels in DESCENDING order (label 0 = ``sigma_max``), as the NCSN networks
@@ -90,6 +96,7 @@ def smld_loss(sde: sde_lib.VESDE, model_fn, x: Array, labels: Array, noise: Arra
     sde: a ``VESDE`` (its ``discrete_sigmas``).
     model_fn: the raw network ``model_fn(x [B, ...], labels [B]) -> [B, ...]`` (it outputs the score).
     x: data ``[B, ...]``; labels: int ``[B]`` in ``[0, N)``; noise: standard normal ``[B, ...]``.
+    per_example: return each example's loss ``[B]`` instead of their mean.
   """
   if not isinstance(sde, sde_lib.VESDE):
     raise ValueError(f"SMLD training needs a VESDE, got {type(sde).__name__}.")
@@ -103,17 +110,18 @@ def smld_loss(sde: sde_lib.VESDE, model_fn, x: Array, labels: Array, noise: Arra
     target = -scaled_noise / sigma**2
     return _reduce(jnp.square(score - target), reduce_mean) * sigma**2
 
-  return jnp.mean(jax.vmap(one)(score, scaled_noise, sigmas))
+  return _mean_unless(jax.vmap(one)(score, scaled_noise, sigmas), per_example)
 
 
 def ddpm_loss(sde: sde_lib.VPSDE, model_fn, x: Array, labels: Array, noise: Array, *,
-              reduce_mean: bool = True) -> Array:
+              reduce_mean: bool = True, per_example: bool = False) -> Array:
   """DDPM's simple loss ``|eps_theta(sqrt(abar) x + sqrt(1 - abar) eps, label) - eps|^2`` (Ho et al. 2020).
 
   Args:
     sde: a ``VPSDE`` (its discrete ``alphas_cumprod``).
     model_fn: the raw network predicting the noise, ``model_fn(x, labels)``.
     x: data ``[B, ...]``; labels: int ``[B]`` in ``[0, N)``; noise: standard normal ``[B, ...]``.
+    per_example: return each example's loss ``[B]`` instead of their mean.
   """
   if not isinstance(sde, sde_lib.VPSDE):
     raise ValueError(f"DDPM training needs a VPSDE, got {type(sde).__name__}.")
@@ -123,7 +131,7 @@ def ddpm_loss(sde: sde_lib.VPSDE, model_fn, x: Array, labels: Array, noise: Arra
   sqrt_1m_abar = jnp.asarray(sde.sqrt_1m_alphas_cumprod)[labels]
   x_t = jax.vmap(lambda a, b, x, n: a * x + b * n)(sqrt_abar, sqrt_1m_abar, x, noise)
   eps = model_fn(x_t, labels)
-  return jnp.mean(jax.vmap(lambda e, n: _reduce(jnp.square(e - n), reduce_mean))(eps, noise))
+  return _mean_unless(jax.vmap(lambda e, n: _reduce(jnp.square(e - n), reduce_mean))(eps, noise), per_example)
 
 
 def _one_example(score_fn) -> Callable[[Array], Array]:

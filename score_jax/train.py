@@ -223,8 +223,10 @@ def _make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True
   return model_fn
 
 
-def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, train: bool = True):
-  """``loss_fn(params, x [B, ...], key_step, offset=0) -> scalar`` of the objective of ``config``.
+def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, train: bool = True,
+                 per_example: bool = False):
+  """``loss_fn(params, x [B, ...], key_step, offset=0) -> scalar`` of the objective of ``config``
+  (each example's loss ``[B]`` with ``per_example``).
 
   ``x`` holds the global-batch rows ``offset + arange(B)``; their draws come from :func:`example_keys`.
   Continuous training uses denoising score matching (:func:`score_jax.losses.sde_loss`, eq. 7) on the
@@ -247,10 +249,10 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
       time = jax.vmap(lambda k: jax.random.uniform(k, ()) * (sde.T - eps) + eps)(key_t)  # [B]
       score_fn = models.make_score_fn(sde, model_fn, continuous=True)
       return losses.sde_loss(sde, score_fn, x, time, noise, reduce_mean=t.reduce_mean,
-                             likelihood_weighting=t.likelihood_weighting)
+                             likelihood_weighting=t.likelihood_weighting, per_example=per_example)
     labels = jax.vmap(lambda k: jax.random.randint(k, (), 0, sde.N))(key_t)  # [B] int
     loss = losses.smld_loss if kind == "smld" else losses.ddpm_loss
-    return loss(sde, model_fn, x, labels, noise, reduce_mean=t.reduce_mean)
+    return loss(sde, model_fn, x, labels, noise, reduce_mean=t.reduce_mean, per_example=per_example)
 
   return loss_fn
 
@@ -261,13 +263,7 @@ def make_eval_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE
   Example ``i`` of the batch gets the draws of global index ``offset + i`` (as in training), so the losses of
   an evaluation pass do not depend on how it is batched, and padded rows can be masked out of the mean.
   """
-  loss_fn = make_loss_fn(config, model, sde, train=False)
-
-  def eval_loss(params, x, key_step, offset=0):
-    one = lambda x1, i: loss_fn(params, x1[None], key_step, i)
-    return jax.vmap(one)(x, offset + jnp.arange(x.shape[0]))
-
-  return eval_loss
+  return make_loss_fn(config, model, sde, train=False, per_example=True)
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,

@@ -174,6 +174,24 @@ def test_an_examples_draws_do_not_depend_on_the_rest_of_the_batch(tiny):
   np.testing.assert_allclose(whole, halves, rtol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["configs/ve/cifar10_ncsnpp.py", "configs/vp/cifar10_ddpmpp.py",
+                                  "configs/subvp/cifar10_ddpmpp_continuous.py"])
+def test_eval_losses_are_each_examples_own_loss_at_its_global_index(path):
+  """make_eval_loss_fn's [B] losses (network without dropout, batched) equal the loss of each example alone at
+  its global index, and their mean is the batch loss: padded rows can be masked out, batching changes nothing."""
+  config = _config(path)
+  sde, _, optimizer, state = _setup(config, TinyNet(), dim=DIM)
+  eval_loss = jax.jit(train.make_eval_loss_fn(config, TinyNet(), sde))
+  loss_fn = jax.jit(train.make_loss_fn(config, TinyNet(), sde, train=False))
+  x, key = _batch(6), jax.random.PRNGKey(4)
+  per_example = np.asarray(eval_loss(state.params, x, key, 10))
+  assert per_example.shape == (6,) and np.all(per_example > 0)
+  alone = [float(loss_fn(state.params, x[i:i + 1], key, 10 + i)) for i in range(6)]
+  np.testing.assert_allclose(per_example, alone, rtol=1e-5)
+  np.testing.assert_allclose(per_example.mean(), loss_fn(state.params, x, key, 10), rtol=1e-5)
+  np.testing.assert_allclose(eval_loss(state.params, x[2:], key, 12), per_example[2:], rtol=1e-5)
+
+
 class _TwoDropouts(nn.Module):
   """Ones through two dropout layers of rate 0.3: the outputs show both layers' masks."""
 
