@@ -58,7 +58,7 @@ def inception_feature_fn(weights: str, sha256: str | None = None) -> FeatureFn:
     out = apply(variables, images)
     return {k: np.asarray(out[k]) for k in ("pool3", "logits")}
 
-  fn.tag = f"inception_{inception._sha256_file(os.fspath(weights))[:_TAG_HASH_CHARS]}"
+  fn.tag = f"inception_{fileio.sha256_file(os.fspath(weights))[:_TAG_HASH_CHARS]}"
   fn.feature_dim = inception.POOL3_FEATURES
   return fn
 

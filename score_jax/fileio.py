@@ -5,6 +5,7 @@ A reader (or a run killed half-way) therefore sees either the old file or the wh
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -12,7 +13,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_bytes", "write_json", "savez", "savefig", "save_png", "image_grid"]
+__all__ = ["write_bytes", "write_json", "savez", "savefig", "save_png", "image_grid", "sha256_file"]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+  """The sha256 (hex) of the file at ``path``, read in 4 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def _tmp(path: str, suffix: str = "") -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import io
 import os
 import sys
@@ -448,14 +447,6 @@ def _missing_weights_message(path: str | None) -> str:
   )
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def load_weights(path: str | os.PathLike | None = None, sha256: str | None = None) -> dict[str, Any]:
   """Flax variables from a converted ``.npz`` (flat state_dict keys -> arrays).
 
@@ -478,7 +469,7 @@ def load_weights(path: str | os.PathLike | None = None, sha256: str | None = Non
       f"`python -m score_jax.inception convert --from {path} --out inception_fid.npz`."
     )
   if sha256 is not None:
-    actual = _sha256_file(path)
+    actual = fileio.sha256_file(path)
     if actual != sha256.lower():
       raise ValueError(
         f"sha256 of {path!r} is {actual}, expected {sha256.lower()}; the file is not the expected weights."
@@ -520,7 +511,7 @@ def convert_pth(pth_path: str, out_path: str) -> str:
   arrays = {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
   from_pytorch_state_dict(arrays)  # validate every key and shape before writing anything
   fileio.write_bytes(out_path, _npz_bytes(arrays))
-  return _sha256_file(out_path)
+  return fileio.sha256_file(out_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -530,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   conv.add_argument("--from", dest="src", required=True, help=f"path to {PTH_NAME}")
   conv.add_argument("--out", required=True, help="path of the .npz to write")
   args = parser.parse_args(argv)
-  src_sha = _sha256_file(args.src) if os.path.isfile(args.src) else None
+  src_sha = fileio.sha256_file(args.src) if os.path.isfile(args.src) else None
   digest = convert_pth(args.src, args.out)
   if src_sha is not None and not src_sha.startswith(PTH_SHA256_PREFIX):
     print(

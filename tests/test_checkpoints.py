@@ -108,12 +108,16 @@ def _listing(directory: pathlib.Path):
 # ---- in-process tests -------------------------------------------------------------------------------------
 
 
+def _saved(workdir, n_steps: int):
+  """The state after ``n_steps`` steps, saved as the checkpoint of that step in ``workdir``."""
+  state = _reference(n_steps)
+  with _checkpointer(workdir) as ckpts:
+    assert ckpts.save(state, n_steps, force=True)
+  return state
+
+
 def test_round_trip_is_bit_exact(tmp_path):
-  state = _init_state()
-  for _ in range(4):
-    state = _train_step(state)
-  with _checkpointer(tmp_path) as ckpts:
-    assert ckpts.save(state, 4, force=True)
+  state = _saved(tmp_path, 4)
   with _checkpointer(tmp_path) as ckpts:
     restored = ckpts.restore()
     meta = ckpts.metadata(4)
@@ -125,11 +129,7 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 
 def test_partial_restore_reads_only_the_items_asked_for(tmp_path):
-  state = _init_state()
-  for _ in range(3):
-    state = _train_step(state)
-  with _checkpointer(tmp_path) as ckpts:
-    assert ckpts.save(state, 3, force=True)
+  state = _saved(tmp_path, 3)
   with _checkpointer(tmp_path) as ckpts:
     part = ckpts.restore(3, items=("ema_params", "step"))
     assert sorted(part) == ["ema_params", "step"]
