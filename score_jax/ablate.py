@@ -47,16 +47,14 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import builders, fileio
+from score_jax import builders, fileio, randomness, validation
 
 __all__ = ["parse_grid", "make_cells", "run_ablation", "main"]
 
-TOY_DATASETS = ("gmm2d",)
 SECTION = "sampling"  # grid keys: the checkpoint fixes the model and the SDE, so only the sampler varies
 _MAX_PANELS = 16  # cells drawn in samples.png
 _MAX_LINES = 10  # lines per sweep plot
 _FLOOR_SETS = 5  # independent true sets for the 2-D default's noise floor
-_TRUE_STREAM, _FLOOR_STREAM, _SAMPLE_STREAM, _SW_STREAM = 101, 102, 103, 104
 
 
 # ---- the grid ------------------------------------------------------------------------------------------------
@@ -164,12 +162,12 @@ def _toy_target(config, workdir, num_samples: int) -> _Target:
   from score_jax import gmm, metrics, toy
 
   state = toy.load_state(config, str(workdir))  # a checkpoint that does not fit the config fails here
-  sde, score_fn = toy._score_fn(config, state)
+  sde, score_fn = toy.score_fn(config, state)
   mixture = gmm.default_mixture()
   key = jax.random.PRNGKey(config.seed)
   draw = lambda stream: mixture.sample(jax.random.fold_in(key, stream), num_samples)
-  true = draw(_TRUE_STREAM)
-  sw_key = jax.random.fold_in(key, _SW_STREAM)
+  true = draw(randomness.ABLATE_TRUE)
+  sw_key = jax.random.fold_in(key, randomness.ABLATE_SLICES)
 
   def metric_fn(_, x):
     x = jnp.asarray(np.asarray(x, np.float32))
@@ -181,7 +179,7 @@ def _toy_target(config, workdir, num_samples: int) -> _Target:
 
   # The same metrics between the true set and independent true sets: the floor a perfect sampler reaches,
   # and how much the distances move from one sample set to another.
-  floors = [metric_fn(None, draw(_FLOOR_STREAM + 1000 * i)) for i in range(_FLOOR_SETS)]
+  floors = [metric_fn(None, draw(randomness.ABLATE_FLOOR + 1000 * i)) for i in range(_FLOOR_SETS)]
   reference = {name: float(np.mean([f[name] for f in floors])) for name in ("sliced_w2", "mmd", "nll")}
   reference.update({f"{name}_sd": float(np.std([f[name] for f in floors], ddof=1)) for name in ("sliced_w2", "mmd")})
 
@@ -194,38 +192,34 @@ def _toy_target(config, workdir, num_samples: int) -> _Target:
 
 
 def _image_target(config, workdir, checkpoint, feature_fn=None) -> _Target:
-  from score_jax import run_lib
+  from score_jax import features, inception, pipeline
+  from score_jax.pipeline.evaluators import samples as samples_evaluator
 
-  exp = run_lib.setup(config)
-  params, tag, _ = run_lib._load_params(exp, workdir, checkpoint)  # mismatching checkpoints fail here
-  weights = config.eval.get("inception_weights", "") or os.environ.get("SCORE_JAX_INCEPTION_WEIGHTS", "")
+  exp = pipeline.setup(config)
+  params, tag, _ = pipeline.load_params(exp, workdir, checkpoint)  # mismatching checkpoints fail here
+  weights = config.eval.get("inception_weights", "") or os.environ.get(inception.WEIGHTS_ENV, "")
   stats = config.eval.get("fid_stats", "")
   metric_fn, primary = None, None
   if stats and (weights or feature_fn is not None):
-    from score_jax import eval as sample_eval
     from score_jax import metrics
 
     metrics.load_stats(stats)  # readable and sane before any sampling
-    with np.load(stats) as f:
-      reference = f["pool_3"] if "pool_3" in f.files else None
+    reference = features.load_reference_features(stats)
     if feature_fn is None:
-      if not pathlib.Path(weights).is_file():
-        raise FileNotFoundError(f"FID Inception weights {weights!r} (eval.inception_weights or "
-                                "$SCORE_JAX_INCEPTION_WEIGHTS) do not exist.")
-      feature_fn = sample_eval.inception_feature_fn(weights)
+      feature_fn = features.inception_feature_fn(samples_evaluator.inception_weights(config))
 
     def metric_fn(cell_dir, _):
-      return sample_eval.sample_metrics(cell_dir, feature_fn, stats=stats, reference_features=reference,
-                                        progress=False)
+      return samples_evaluator.sample_metrics(cell_dir, feature_fn, stats=stats, reference_features=reference,
+                                              progress=False)
     primary = "fid"
   else:
     logging.warning("no FID Inception weights and/or eval.fid_stats: the table has NFE and speed only.")
 
   def make(cell_config, batch):
-    fn = run_lib.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch)
+    fn = pipeline.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch)
     return lambda key, offset: fn(params, key, offset)
 
-  return _Target(make, lambda x: run_lib._to_uint8(exp, x), metric_fn, primary, {}, tag, "images")
+  return _Target(make, lambda x: pipeline.to_uint8(exp, x), metric_fn, primary, {}, tag, "images")
 
 
 # ---- running the cells ---------------------------------------------------------------------------------------
@@ -283,14 +277,14 @@ def run_ablation(config: ml_collections.ConfigDict, workdir, out, grid_specs: li
   Everything that can be wrong with the input (grid keys and values, sampler names, the checkpoint) fails
   before the first cell is sampled.
   """
-  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
+  if not validation.is_int(num_samples, 2):
     raise ValueError(f"--num_samples must be an integer >= 2; got {num_samples!r}.")
   batch_size = int(batch_size or config.eval.batch_size)
   if batch_size < 1:
     raise ValueError(f"--batch_size must be >= 1; got {batch_size}.")
   batch_size = min(batch_size, num_samples)
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-  toy = config.data.dataset in TOY_DATASETS
+  toy = builders.is_toy(config)
   if toy and checkpoint not in (None, ""):
     raise ValueError("--checkpoint applies to image models; the 2-D default keeps one checkpoint in --workdir.")
   grid = parse_grid(config, grid_specs)
@@ -304,7 +298,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir, out, grid_specs: li
                      model=config.model.to_dict(), training_sde=str(config.training.sde), num_samples=num_samples,
                      batch_size=batch_size)
   cells = make_cells(config, grid, fingerprint)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SAMPLE_STREAM)
+  key = randomness.run_key(config.seed, randomness.ABLATE_SAMPLE)
   rows, computed = [], 0
   for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress):
     cell_dir = out / "cells" / cell.cell_id

@@ -1,6 +1,10 @@
-"""The one place where an ml-collections config becomes typed objects (SDE, model, loss, optimizer).
+"""Where an ml-collections config becomes typed objects: the SDE, network, loss, optimizer and sampler.
 
-Everything downstream takes explicit arguments; nothing else reads the ConfigDict.
+The maths below (SDEs, losses, samplers, networks) takes explicit typed arguments and never sees a ConfigDict.
+The training blocks that run a whole experiment read their own sections of it: :mod:`score_jax.train` (the
+``training`` objective and ``model.ema_rate``), :mod:`score_jax.parallel` (``training.n_jitted_steps``),
+:mod:`score_jax.checkpoints` (the save frequencies and the sections that fix a checkpoint's tree) and
+:mod:`score_jax.datasets` (``data``); the pipeline (:mod:`score_jax.pipeline`) passes the config to them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import fast_sampling, losses, models, nets, sampling, sde_lib
+from score_jax import fast_sampling, losses, models, nets, sampling, sde_lib, validation
 from score_jax.nets import ddpm as nets_ddpm
 from score_jax.nets import ncsnv2 as nets_ncsnv2
 from score_jax.nets import wideresnet as nets_wideresnet
@@ -152,6 +156,14 @@ def build_model(config: ml_collections.ConfigDict):
   return MODEL_BUILDERS[name](config)
 
 
+TOY_DATASETS = ("gmm2d",)  # data.dataset of the embedded 2-D default (score_jax.pipeline.toy), not images
+
+
+def is_toy(config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config`` is the embedded 2-D default (or a variant): run by the toy pipeline, not the image one."""
+  return config.get("data", {}).get("dataset") in TOY_DATASETS
+
+
 def is_classifier(config: ml_collections.ConfigDict) -> bool:
   """Whether ``config`` trains a noise-conditional classifier (it has a ``classifier`` section; see
   ``configs/classifier/``) rather than a score model. Its ``training.sde`` and ``model.*`` SDE fields are
@@ -248,7 +260,7 @@ def _get(s: ml_collections.ConfigDict, name: str, default):
 
 
 def _sampler_int(value, name: str, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+  if not validation.is_int(value, minimum):
     raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}.")
   return int(value)
 
@@ -289,7 +301,7 @@ def sampler_settings(config: ml_collections.ConfigDict) -> dict:
   elif method == "ode":
     solver, steps = _get(s, "ode_solver", "tsit5"), _sampler_int(_get(s, "ode_steps", 0), "sampling.ode_steps", 0)
     try:
-      sampling._check_solver(solver, steps)
+      sampling.check_solver(solver, steps)
     except ValueError as e:
       raise ValueError(f"sampling.ode_solver={solver!r}, sampling.ode_steps={steps}: {e}") from None
     out.update(solver=solver, steps=steps, rtol=_sampler_float(s.ode_rtol, "sampling.ode_rtol", 0.0, strict=True),

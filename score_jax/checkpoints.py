@@ -35,9 +35,6 @@ Use in a training loop::
       break                                          # exit 0: the scheduler resubmits, we resume
 
 Save frequencies should be multiples of the steps fused per jitted call, or the saves never fall due.
-
-The last part of this module helps test that a run killed at any moment resumes bit-identically
-(:func:`run_with_kills`, :func:`tree_differences`).
 """
 
 from __future__ import annotations
@@ -46,10 +43,8 @@ import hashlib
 import json
 import logging
 import pathlib
-import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from typing import Any, Mapping, Sequence
@@ -60,7 +55,6 @@ import orbax.checkpoint as ocp
 
 __all__ = [
     "Checkpointer", "CheckpointCorruptError", "install_sigterm_handler", "should_stop", "request_stop",
-    "run_with_kills", "tree_differences", "PROGRESS_RE",
 ]
 
 log = logging.getLogger(__name__)
@@ -417,80 +411,3 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
-
-
-# ---- helpers for "kill at any moment" resume tests -----------------------------------------------------
-
-# A training process under run_with_kills prints one line like this, flushed, after each step.
-PROGRESS_RE = re.compile(r"^step (\d+)$")
-
-
-def _read_into(stream, chunks: list) -> None:
-  chunks.append(stream.read())
-
-
-def run_with_kills(argv: Sequence[str], kill_points: Sequence[tuple[int, float]], *, env: Mapping | None = None,
-                   timeout: float = 120.0, cwd=None) -> list[dict]:
-  """Run ``argv`` once per kill point, SIGKILLing it there, then once more to completion.
-
-  The process must resume from its own checkpoints and print ``step N`` (see :data:`PROGRESS_RE`) after
-  each step. Kill point ``(n, delay)``: kill ``delay`` seconds after the first progress line with
-  ``N >= n`` (the kill may land in a step or in a save). A run that ends before its kill point is recorded
-  with its exit code and ``killed=False``; a run that exits non-zero without being killed raises.
-
-  Returns:
-    one record per run: ``{'kill_point', 'first_step', 'last_step', 'killed', 'returncode', 'stderr_tail'}``,
-    where ``first_step``/``last_step`` are the first and last progress lines read (``None``: none; a
-    killed run may have gone a little past ``last_step``).
-  """
-  records = []
-  for point in [*kill_points, None]:
-    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                            env=None if env is None else dict(env), cwd=cwd)
-    watchdog = threading.Timer(timeout, proc.kill)
-    watchdog.start()
-    stderr_chunks: list[str] = []  # read on a thread so that a chatty stderr cannot fill its pipe and block
-    reader = threading.Thread(target=_read_into, args=(proc.stderr, stderr_chunks), daemon=True)
-    reader.start()
-    first = last = None
-    killed = False
-    try:
-      for line in proc.stdout:
-        m = PROGRESS_RE.match(line.strip())
-        if not m:
-          continue
-        last = int(m.group(1))
-        first = last if first is None else first
-        if point is not None and last >= point[0]:
-          time.sleep(point[1])
-          killed = proc.poll() is None  # it may have finished meanwhile
-          if killed:
-            proc.send_signal(signal.SIGKILL)
-          break
-      proc.stdout.close()
-      returncode = proc.wait()
-    finally:
-      watchdog.cancel()
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    reader.join(timeout=10)
-    if not killed and returncode != 0:
-      raise RuntimeError(f"{argv} exited with {returncode} (kill point {point}):\n{''.join(stderr_chunks)[-3000:]}")
-    records.append(dict(kill_point=point, first_step=first, last_step=last, killed=killed, returncode=returncode,
-                        stderr_tail="".join(stderr_chunks)[-2000:]))
-  return records
-
-
-def tree_differences(a, b) -> list[str]:
-  """Leaf paths where two pytrees differ in structure, shape, dtype or any bit (NaNs compare by bits)."""
-  fa, fb = _leaf_paths(a), _leaf_paths(b)
-  out = [f"{k}: only in the first" for k in fa if k not in fb] + [f"{k}: only in the second" for k in fb if k not in fa]
-  for k in fa:
-    if k in fb:
-      x, y = np.asarray(fa[k]), np.asarray(fb[k])
-      if x.shape != y.shape or x.dtype != y.dtype:
-        out.append(f"{k}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}")
-      elif x.tobytes() != y.tobytes():
-        out.append(f"{k}: values differ")
-  return out

@@ -10,26 +10,25 @@ with the SDE of the score model it will guide. As the original (``models/utils.p
 ``get_classifier_grad_fn``), the network is conditioned on the marginal standard deviation ``s(t)`` of
 the noise (``sde.marginal_prob(x, t)[1]``, the noise level ``sigma(t)`` of a VE SDE).
 
-Pure functions here; :mod:`score_jax.run_lib` trains (``--mode train``) and evaluates (``--mode eval``)
-classifier configs (``configs/classifier/``) with the same loop, checkpoints and logs as score models.
+Pure functions here; the pipeline (:mod:`score_jax.pipeline`) trains (``--mode train``) and evaluates
+(``--mode eval``, :mod:`score_jax.pipeline.evaluators.classifier`) classifier configs (``configs/classifier/``)
+with the same loop, checkpoints and logs as score models, and :func:`score_jax.pipeline.load_classifier` loads
+a trained one for guidance.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from score_jax import sde_lib, train
+from score_jax import randomness, sde_lib, train
 
 Array = jax.Array
 
 __all__ = ["INIT_SIGMA", "cross_entropy", "make_example_fn", "make_loss_fn", "make_eval_fn", "accuracy_by_bins",
-           "make_logit_fn", "make_log_prob_fn", "make_log_prob_grad_fn", "load_classifier", "check_labels"]
+           "make_log_prob_fn", "make_log_prob_grad_fn", "check_labels"]
 
 # The noise level the network is initialised at (the original's create_classifier passes ones); any
 # positive value gives the same parameters.
@@ -55,13 +54,13 @@ def make_example_fn(model: nn.Module, sde: sde_lib.SDE, *, eps: float, compute_d
     keys = train.example_keys(key_step, x.shape[0], offset)  # [B]
 
     def perturb(key, x1):
-      t = jax.random.uniform(jax.random.fold_in(key, train._KEY_T), ()) * (sde.T - eps) + eps
-      z = jax.random.normal(jax.random.fold_in(key, train._KEY_NOISE), x1.shape, jnp.float32)
+      t = jax.random.uniform(jax.random.fold_in(key, randomness.EXAMPLE_T), ()) * (sde.T - eps) + eps
+      z = jax.random.normal(jax.random.fold_in(key, randomness.EXAMPLE_NOISE), x1.shape, jnp.float32)
       mean, std = sde.marginal_one(x1, t)
       return mean + std * z, std, t
 
     x_t, sigma, t = jax.vmap(perturb)(keys, x.astype(jnp.float32))
-    logits = train._make_model_fn(model, params, keys, compute_dtype, train_mode)(x_t, sigma)  # [B, C]
+    logits = train.make_model_fn(model, params, keys, compute_dtype, train_mode)(x_t, sigma)  # [B, C]
     loss = jax.vmap(cross_entropy)(logits, labels)
     return dict(loss=loss, correct=jnp.argmax(logits, axis=-1) == labels, t=t)
 
@@ -108,11 +107,6 @@ def accuracy_by_bins(sde: sde_lib.SDE, t: np.ndarray, correct: np.ndarray, *, ep
   return out
 
 
-def make_logit_fn(model: nn.Module, variables) -> Callable[[Array, Array], Array]:
-  """``logit_fn(x [B, H, W, C], sigma [B]) -> logits [B, C]`` (evaluation mode)."""
-  return lambda x, sigma: model.apply(variables, x, sigma, train=False)
-
-
 def make_log_prob_fn(model: nn.Module, variables, sde: sde_lib.SDE):
   """``log_prob_fn(x [B, ...], t [B], labels [B]) -> log p_t(y | x) [B]``, the network at noise level ``s(t)``."""
 
@@ -136,25 +130,3 @@ def make_log_prob_grad_fn(model: nn.Module, variables, sde: sde_lib.SDE):
     return jax.grad(lambda x1: log_prob(x1[None], t[None], label[None])[0])(x)
 
   return jax.vmap(one)
-
-
-def load_classifier(config: ml_collections.ConfigDict, workdir, checkpoint: str | None = None):
-  """The classifier of a classifier run: ``(model, variables, sde)`` with its EMA parameters.
-
-  Args:
-    config: the classifier config it was trained with (``configs/classifier/...``).
-    workdir: its ``--workdir``.
-    checkpoint: None (the newest valid checkpoint) or a step number.
-
-  Returns:
-    the flax module, ``{"params": ema_params}`` and the SDE it was trained on (for
-    :func:`make_log_prob_grad_fn`).
-  """
-  from score_jax import builders, run_lib  # run_lib trains classifiers with this module: imported late
-
-  if not builders.is_classifier(config):
-    raise ValueError("load_classifier needs a classifier config (with a 'classifier' section, configs/classifier/); "
-                     f"got model.name={config.get('model', {}).get('name')!r}.")
-  exp = run_lib.setup(config)
-  params, _, _ = run_lib._load_params(exp, workdir, checkpoint)
-  return exp.model, {"params": params}, exp.sde

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import sampling, sde_lib
+from score_jax import randomness, sampling, sde_lib
 
 Array = jax.Array
 
@@ -231,9 +231,9 @@ def run_task(config, task: str, workdir, out, *, images: str | None = None, mask
   """Read and check the inputs, load the model(s), then sample in batches; returns a summary."""
   from tqdm.auto import tqdm
 
-  from score_jax import builders, datasets, fileio, run_lib
+  from score_jax import builders, datasets, fileio, pipeline
 
-  exp = run_lib.setup(config)
+  exp = pipeline.setup(config)
   shape = exp.image_shape
   centered = bool(config.data.centered)
   if task in ("inpaint", "colorize"):
@@ -259,8 +259,8 @@ def run_task(config, task: str, workdir, out, *, images: str | None = None, mask
     n = len(label_array)
   else:
     raise ValueError(f"unknown task {task!r}; expected inpaint, colorize or class.")
-  params, tag, _ = run_lib._load_params(exp, workdir, checkpoint)
-  score_fn = run_lib._score_fn(exp, params)
+  params, tag, _ = pipeline.load_params(exp, workdir, checkpoint)
+  score_fn = pipeline.score_fn(exp, params)
   pc = builders.sampler_kwargs(config)
   if task == "class":
     from score_jax import classifier, configs_loader
@@ -268,13 +268,13 @@ def run_task(config, task: str, workdir, out, *, images: str | None = None, mask
     clf_config = classifier_config
     if isinstance(clf_config, str):
       clf_config = configs_loader.load_config(clf_config)
-    model, variables, clf_sde = classifier.load_classifier(clf_config, classifier_workdir)
+    model, variables, clf_sde = pipeline.load_classifier(clf_config, classifier_workdir)
     num_classes = int(clf_config.classifier.num_classes)
     if label_array.min() < 0 or label_array.max() >= num_classes:
       raise ValueError(f"--labels must lie in [0, {num_classes}), got {label_array.tolist()}.")
     grad_fn = classifier.make_log_prob_grad_fn(model, variables, clf_sde)
   batch = int(batch_size or config.eval.batch_size)
-  key = jax.random.fold_in(exp.key(run_lib.STREAM_SAMPLE), 7)
+  key = jax.random.fold_in(exp.key(randomness.SAMPLE), randomness.CONTROLLABLE)
   nfe = sampling.pc_nfe(exp.sde.N, pc["n_steps"], pc["predictor"], pc["corrector"])
   if task == "class":
     draw = jax.jit(lambda key, labels, offset: sampling.pc_sample(
@@ -294,7 +294,7 @@ def run_task(config, task: str, workdir, out, *, images: str | None = None, mask
     else:
       y = datasets.scale(data[start:stop].astype(np.float32) / 255.0, centered)
       x = draw(key, y, known[start:stop], start) if task == "inpaint" else draw(key, y, start)
-    results.append(run_lib._to_uint8(exp, x))
+    results.append(pipeline.to_uint8(exp, x))
   result = np.concatenate(results)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)

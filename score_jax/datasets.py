@@ -29,10 +29,11 @@ Preprocessing follows the original ``datasets.py``, in NumPy with PIL for decodi
 SVHN are resized to ``image_size`` (antialiased bilinear; a no-op at their native 32x32); CelebA takes the
 central 140x140 crop and resizes it; LSUN at 128 resizes the short side and crops the centre, other sizes crop
 the central square and resize it (bicubic); the other sources must already be ``image_size`` square. Resizing
-happens on uint8 images (PIL rounds where ``tf.image.resize`` kept float32: at most 1/510 apart). Then, in
-float32: ``x / 255`` in [0, 1], a random horizontal flip (``data.random_flip``, training stream only), uniform
-dequantization ``(255 x + u) / 256`` with ``u ~ U[0, 1)`` (``data.uniform_dequantization``), and the data
-scaler (``data.centered``: [-1, 1], else [0, 1]).
+happens on uint8 images (PIL rounds where ``tf.image.resize`` kept float32: at most 1/510 apart). Then a random
+horizontal flip (``data.random_flip``, training stream only) and either, in float32, ``x / 255`` in [0, 1] and
+the data scaler (``data.centered``: [-1, 1], else [0, 1]), or uniform dequantization ``(x + u) / 256`` with
+``u ~ U[0, 1)`` (``data.uniform_dequantization``; :func:`score_jax.likelihood.dequantize_uniform`, kept inside
+each value's bin, scaled to [-1, 1) when centered).
 
 Order and randomness are derived, never carried. The training stream is the concatenation of epochs, epoch
 ``e`` being the permutation ``default_rng([seed, 0, e])`` of the examples; global batch ``s`` is items
@@ -66,13 +67,16 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from score_jax import likelihood
+
 __all__ = [
     "DATASETS", "Dataset", "get_dataset", "get_data_scaler", "get_data_inverse_scaler", "scale", "inverse_scale",
     "tfds_data_dir",
 ]
 
 # Pixel values of the 8-bit images every source yields.
-_NUM_LEVELS = 256
+_BITS = 8
+_NUM_LEVELS = 2**_BITS
 _MAX_LEVEL = _NUM_LEVELS - 1
 # CelebA's central crop before resizing, as the original (and NCSNv2 before it).
 _CELEBA_CROP = 140
@@ -498,14 +502,14 @@ class Dataset:
 
   def _finish(self, image: np.ndarray, entropy: list[int], flip: bool) -> np.ndarray:
     """uint8 [H, W, C] -> float32 [H, W, C]: to [0, 1], flip, dequantize, scale."""
-    x = image.astype(np.float32) / _MAX_LEVEL
     if flip or self.uniform_dequantization:
       rng = np.random.default_rng(entropy)
       if flip and rng.random() < 0.5:
-        x = x[:, ::-1]
-      if self.uniform_dequantization:
-        x = (x * _MAX_LEVEL + rng.random(x.shape, dtype=np.float32)) / _NUM_LEVELS
-    return scale(x, self.centered)
+        image = image[:, ::-1]
+      if self.uniform_dequantization:  # the one dequantizer, clipped to each value's bin
+        u = rng.random(image.shape, dtype=np.float32)
+        return likelihood.dequantize_uniform(image, u, n_bits=_BITS, centered=self.centered)
+    return scale(image.astype(np.float32) / _MAX_LEVEL, self.centered)
 
   def _host_positions(self, step: int) -> np.ndarray:
     start = step * self.global_batch_size + self.process_index * self.host_batch_size

@@ -33,13 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import sampling, sde_lib
+from score_jax import randomness, sampling, sde_lib, validation
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
 __all__ = ["SCHEDULES", "FAST_SAMPLERS", "DEFAULT_SCHEDULES", "time_steps", "denoiser_fn", "fast_sample",
-           "fast_nfe", "ddim_sample", "dpm_solver_sample", "heun_sample"]
+           "fast_nfe"]
 
 SCHEDULES = ("time_uniform", "time_quadratic", "logsnr", "karras")
 DEFAULT_SCHEDULES = {"ddim": "time_uniform", "dpm_solver": "logsnr", "heun": "karras"}
@@ -52,7 +52,7 @@ EDM_RHO = 7.0  # Karras et al. 2022, eq. 5: the exponent of the noise-level sche
 
 
 def _check_steps(n) -> int:
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+  if not validation.is_int(n, 1):
     raise ValueError(f"the number of sampler steps must be an integer >= 1, got {n!r}.")
   return int(n)
 
@@ -164,11 +164,11 @@ def fast_sample(method: str, key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, sh
   schedule = DEFAULT_SCHEDULES[method] if schedule in (None, "") else schedule
   steps = _check_steps(steps)
   ts = time_steps(sde, steps, schedule, eps, rho)  # [steps + 1]
-  keys = sampling._example_keys(key, shape[0], sample_offset) if (z is None or eta) else None
+  keys = randomness.example_keys(key, shape[0], sample_offset) if (z is None or eta) else None
   if z is None:
-    z = sampling._draw(keys, 0, 0, shape[1:])
+    z = randomness.normal_draws(keys, randomness.PRIOR, 0, shape[1:])
   else:
-    sampling._check_noise("z (prior draw)", z, shape)
+    sampling.check_noise("z (prior draw)", z, shape)
   D = denoiser_fn(sde, score_fn)
   sigma_of = lambda t: sde.noise_to_signal(t)
   a_T = sde.marginal_one(jnp.ones((), z.dtype), jnp.asarray(sde.T, z.dtype))[0]
@@ -181,7 +181,7 @@ def fast_sample(method: str, key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, sh
   if method == "ddim":
     def body(y, inp):
       i, t, _, sigma, sigma_next = inp
-      noise = sampling._draw(keys, 2, i + 1, shape[1:]) if eta else jnp.zeros_like(y)
+      noise = randomness.normal_draws(keys, randomness.PREDICTOR, i + 1, shape[1:]) if eta else jnp.zeros_like(y)
       return _ddim_step(D, y, t, sigma, sigma_next, eta, noise), None
     y, _ = jax.lax.scan(body, y, inputs)
   elif method == "heun":
@@ -207,18 +207,3 @@ def fast_sample(method: str, key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, sh
   else:
     x = sde.marginal_one(y, ts[-1])[0]  # a(eps) y
   return x, fast_nfe(method, steps, denoise)
-
-
-def ddim_sample(key, sde, score_fn, shape, *, steps: int, eta: float = 0.0, **kwargs):
-  """DDIM (:func:`fast_sample` with ``method='ddim'``)."""
-  return fast_sample("ddim", key, sde, score_fn, shape, steps=steps, eta=eta, **kwargs)
-
-
-def dpm_solver_sample(key, sde, score_fn, shape, *, steps: int, **kwargs):
-  """DPM-Solver++(2M) (:func:`fast_sample` with ``method='dpm_solver'``)."""
-  return fast_sample("dpm_solver", key, sde, score_fn, shape, steps=steps, **kwargs)
-
-
-def heun_sample(key, sde, score_fn, shape, *, steps: int, **kwargs):
-  """EDM's deterministic Heun sampler (:func:`fast_sample` with ``method='heun'``)."""
-  return fast_sample("heun", key, sde, score_fn, shape, steps=steps, **kwargs)

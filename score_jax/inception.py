@@ -33,11 +33,13 @@ from score_jax import fileio
 __all__ = [
   "FIDInceptionV3",
   "apply",
+  "preprocess",
   "from_pytorch_state_dict",
   "load_weights",
   "convert_pth",
   "expected_state_dict_shapes",
   "WEIGHTS_ENV",
+  "weights_path",
   "PTH_URL",
   "PTH_NAME",
   "BLOCK_NAMES",
@@ -274,7 +276,7 @@ def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
   return weights.astype(np.float32)
 
 
-def _preprocess(images: jax.Array) -> jax.Array:
+def preprocess(images: jax.Array) -> jax.Array:
   """[N, H, W, 3] in [0, 1] -> [N, 299, 299, 3] in [-1, 1], as pytorch-fid's resize_input + normalize_input."""
   _, h, w, _ = images.shape
   rows = jnp.asarray(_bilinear_matrix(h, INPUT_SIZE))  # [299, H]
@@ -287,7 +289,7 @@ def _preprocess(images: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("return_blocks", "precision"))
 def _forward(variables, images, return_blocks: bool, precision: str | None):
-  x = _preprocess(images)
+  x = preprocess(images)
   pool3, logits, blocks = FIDInceptionV3(precision=precision).apply(variables, x)
   out = {"pool3": pool3, "logits": logits}
   if return_blocks:
@@ -447,6 +449,15 @@ def _missing_weights_message(path: str | None) -> str:
   )
 
 
+def weights_path(path: str | os.PathLike | None = None) -> str:
+  """The converted weights file: ``path``, else ``$SCORE_JAX_INCEPTION_WEIGHTS``; FileNotFoundError saying how to
+  make one when there is none."""
+  path = os.fspath(path) if path else (os.environ.get(WEIGHTS_ENV) or None)
+  if path is None or not os.path.isfile(path):
+    raise FileNotFoundError(_missing_weights_message(path))
+  return path
+
+
 def load_weights(path: str | os.PathLike | None = None, sha256: str | None = None) -> dict[str, Any]:
   """Flax variables from a converted ``.npz`` (flat state_dict keys -> arrays).
 
@@ -458,11 +469,7 @@ def load_weights(path: str | os.PathLike | None = None, sha256: str | None = Non
     FileNotFoundError: no such file; the message says which file to fetch and how to convert it.
     ValueError: sha256 mismatch, a ``.pth`` given instead of the converted ``.npz``, or wrong keys/shapes.
   """
-  if path is None:
-    path = os.environ.get(WEIGHTS_ENV) or None
-  if path is None or not os.path.isfile(path):
-    raise FileNotFoundError(_missing_weights_message(None if path is None else os.fspath(path)))
-  path = os.fspath(path)
+  path = weights_path(path)
   if not zipfile.is_zipfile(path) or path.endswith(".pth"):
     raise ValueError(
       f"{path!r} is not a converted .npz; a pytorch .pth must first be converted with "

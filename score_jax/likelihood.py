@@ -16,12 +16,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from score_jax import sampling, sde_lib
 
 Array = jax.Array
 
-__all__ = ["DIVERGENCES", "log_likelihood", "bits_per_dim", "bpd_offset", "dequantize"]
+__all__ = ["DIVERGENCES", "log_likelihood", "bits_per_dim", "bpd_offset", "dequantize", "dequantize_uniform"]
 
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
 
@@ -128,17 +129,25 @@ def bits_per_dim(key: Array, sde: sde_lib.SDE, score_fn, x: Array, *, data_min: 
   return bpd, z, nfe
 
 
-def dequantize(key: Array, x_int: Array, *, n_bits: int = 8, centered: bool = False) -> Array:
-  """Uniform dequantization of integer data ``x_int`` in ``[0, 2^n_bits)``: ``(x + u) / 2^n_bits``, ``u ~ U[0, 1)``.
+def dequantize_uniform(x_int, u, *, n_bits: int = 8, centered: bool = False):
+  """Uniform dequantization with explicit noise: ``(x + u) / 2^n_bits`` for integer data ``x_int`` in
+  ``[0, 2^n_bits)`` and ``u`` in ``[0, 1)`` of its shape, kept inside the bin of ``x_int``.
 
-  Returns values in ``[0, 1)``, or in ``[-1, 1)`` if ``centered`` (then use ``data_min=-1`` in
-  :func:`bits_per_dim`).
+  Works on NumPy arrays (the data loader, :mod:`score_jax.datasets`) and JAX arrays alike; float32 results in
+  ``[0, 1)``, or ``[-1, 1)`` if ``centered`` (then use ``data_min=-1`` in :func:`bits_per_dim`). Rounding of
+  ``x + u`` (or of ``2 x - 1``) in float32 can land on the bin's upper edge, i.e. in the next bin or at 1; the
+  result is clipped to the bin, so the discrete value it dequantizes is always recovered.
   """
+  xp = jnp if isinstance(x_int, jax.Array) or isinstance(u, jax.Array) else np
   levels = 2**n_bits
-  x_int = jnp.asarray(x_int, jnp.float32)
-  x = (x_int + jax.random.uniform(key, jnp.shape(x_int))) / levels
+  x_int = xp.asarray(x_int).astype(xp.float32)
+  x = (x_int + xp.asarray(u, xp.float32)) / levels
   low, high = x_int / levels, (x_int + 1) / levels  # the bin's edges, exact (levels is a power of two)
   if centered:
-    x, low, high = 2.0 * x - 1.0, 2.0 * low - 1.0, 2.0 * high - 1.0
-  # float32 rounding of x_int + u (or of 2 x - 1) can land on the upper edge, i.e. in the next bin, or at 1.
-  return jnp.clip(x, low, jnp.nextafter(high, low))
+    x, low, high = 2 * x - 1, 2 * low - 1, 2 * high - 1
+  return xp.clip(x, low, xp.nextafter(high, low)).astype(xp.float32)
+
+
+def dequantize(key: Array, x_int: Array, *, n_bits: int = 8, centered: bool = False) -> Array:
+  """:func:`dequantize_uniform` with ``u ~ U[0, 1)`` drawn from ``key``."""
+  return dequantize_uniform(x_int, jax.random.uniform(key, jnp.shape(x_int)), n_bits=n_bits, centered=centered)

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from score_jax import fileio
+from score_jax import fileio, validation
 
 Array = jax.Array
 
@@ -217,7 +217,7 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
   """
   logits = _as_finite_float64(logits, "logits", 2, "[N, num_classes] classifier logits")
   n = logits.shape[0]
-  if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or not 1 <= splits <= n:
+  if not validation.is_int(splits, 1, n):
     raise ValueError(f"splits must be an integer in [1, N={n}]; got {splits!r}.")
   log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)  # [N, C] log p(y|x)
   scores = []
@@ -278,7 +278,7 @@ def kid(features1, features2, *, num_subsets: int = KID_NUM_SUBSETS, subset_size
     raise ValueError(
         f"KID needs features of the same dimension: features1 has D={x.shape[1]} but features2 has D={y.shape[1]}.")
   for name, value, low in (("num_subsets", num_subsets, 1), ("subset_size", subset_size, 2)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    if not validation.is_int(value, low):
       raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
   m1, m2 = min(subset_size, x.shape[0]), min(subset_size, y.shape[0])
   if m1 == x.shape[0] and m2 == y.shape[0]:

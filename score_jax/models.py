@@ -1,7 +1,8 @@
 """Score networks and the network-as-score-function wrapper.
 
-The toy default uses :class:`ScoreMLP`, a time-conditioned MLP for flat data ``[B, D]``. Image networks
-(NCSN++, DDPM++, ...) arrive with the networks issue behind the same :func:`get_score_fn`.
+The toy default uses :class:`ScoreMLP`, a time-conditioned MLP for flat data ``[B, D]``; the image networks
+(NCSN++, DDPM++, DDPM, NCSNv2, NCSN) are in :mod:`score_jax.nets`. Every network becomes a score through the
+same :func:`get_score_fn` (the original's time-label conventions).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Data-parallel training: the one module that knows about devices.
+"""Data-parallel training: meshes, shardings, pmap and the agreement between hosts live here.
+
+The steps and samplers below know nothing about devices, and the pipeline above asks only which host it runs on
+(``jax.process_index()``, so that one host writes the files); every mapping onto devices is made here.
 
 Two ways to run the pure step of :mod:`score_jax.train` on several devices (``training.parallel``):
 
@@ -25,7 +28,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    "AXIS_NAME", "MODES", "make_mesh", "check_batch_size", "replicate", "unreplicate", "shard_batch",
+    "AXIS_NAME", "MODES", "make_mesh", "batch_and_replicated_shardings", "agree_on_stop", "check_batch_size",
+    "replicate", "unreplicate", "shard_batch",
     "make_parallel_train_step", "initialize_distributed",
 ]
 
@@ -40,6 +44,25 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   if not devices:
     raise ValueError("make_mesh needs at least one device.")
   return Mesh(np.asarray(devices), (AXIS_NAME,))
+
+
+def batch_and_replicated_shardings(mesh: Mesh | None = None) -> tuple[NamedSharding, NamedSharding]:
+  """Output shardings ``(rows over the mesh, replicated)`` of a sampler's ``(samples [B, ...], nfe)``."""
+  mesh = make_mesh() if mesh is None else mesh
+  return NamedSharding(mesh, PartitionSpec(AXIS_NAME)), NamedSharding(mesh, PartitionSpec())
+
+
+def agree_on_stop(stop: bool) -> bool:
+  """Whether any host was asked to stop (SIGTERM), agreed by all hosts so that they save and stop together.
+
+  One host: ``stop`` itself. Several: an all-gather of every host's flag (a collective: call it on every host
+  at the same point of the loop).
+  """
+  if jax.process_count() == 1:
+    return bool(stop)
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(stop, np.int32))))
 
 
 def _check_mode(mode: str) -> None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import sde_lib
+from score_jax import randomness, sde_lib, validation
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -30,6 +30,7 @@ __all__ = [
     "AncestralSamplingPredictor", "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics",
     "NoneCorrector", "PREDICTORS", "CORRECTORS", "get_predictor", "get_corrector", "pc_sample",
     "ode_sample", "make_pc_sampler", "make_ode_sampler", "pc_nfe", "SNR_REDUCTIONS", "ODE_SOLVERS",
+    "check_noise", "check_solver",
     "solve_ode", "probability_flow_drift_fn", "ode_nfe",
 ]
 
@@ -41,7 +42,8 @@ def _scale(c: Array, x: Array) -> Array:
   return jax.vmap(jnp.multiply)(c, x)
 
 
-def _check_noise(name: str, noise: Array, shape) -> None:
+def check_noise(name: str, noise: Array, shape) -> None:
+  """Raise ValueError unless ``noise`` has ``shape`` (explicit draws handed to a sampler)."""
   if jnp.shape(noise) != tuple(shape):
     raise ValueError(f"{name} noise must have shape {tuple(shape)}, got {jnp.shape(noise)}.")
 
@@ -78,7 +80,7 @@ class EulerMaruyamaPredictor(Predictor):
   """Euler-Maruyama step of the reverse SDE with ``dt = -T/N``: ``x - f dt + g sqrt(|dt|) z``."""
 
   def step(self, x, t, noise):
-    _check_noise("predictor", noise, x.shape)
+    check_noise("predictor", noise, x.shape)
     dt = -self.sde.T / self.sde.N
     drift, diffusion = self.rsde.sde(x, t)
     x_mean = x + drift * dt
@@ -90,7 +92,7 @@ class ReverseDiffusionPredictor(Predictor):
   """Reverse diffusion (eq. 45/46): reverse the forward discretisation, ``x - rev_f + rev_G z``."""
 
   def step(self, x, t, noise):
-    _check_noise("predictor", noise, x.shape)
+    check_noise("predictor", noise, x.shape)
     f, G = self.rsde.discretize(x, t)
     x_mean = x - f
     return x_mean + _scale(G, noise), x_mean
@@ -118,7 +120,7 @@ class AncestralSamplingPredictor(Predictor):
     return sigma**2 - adjacent_sigma**2, jnp.sqrt(adjacent_sigma**2 * (sigma**2 - adjacent_sigma**2) / sigma**2)
 
   def step(self, x, t, noise):
-    _check_noise("predictor", noise, x.shape)
+    check_noise("predictor", noise, x.shape)
     self.sde.check_t(x, t)
     score = self.score_fn(x, t)
     if isinstance(self.sde, sde_lib.VESDE):
@@ -162,7 +164,7 @@ class Corrector:
   def __post_init__(self):
     if not isinstance(self.sde, sde_lib.SDE):
       raise TypeError(f"sde must be an sde_lib.SDE, got {type(self.sde).__name__}.")
-    if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, (int, np.integer)) or self.n_steps < 0:
+    if not validation.is_int(self.n_steps, 0):
       raise ValueError(f"n_steps must be a non-negative integer number of corrector steps, got {self.n_steps!r}.")
     if not np.isfinite(self.snr) or self.snr < 0:
       raise ValueError(f"snr must be a finite number >= 0, got {self.snr!r}.")
@@ -181,7 +183,7 @@ class Corrector:
 
   def step(self, x: Array, t: Array, noise: Array) -> tuple[Array, Array]:
     """``n_steps`` Langevin steps with explicit noise ``[n_steps, *x.shape]``; returns ``(x, x_mean)``."""
-    _check_noise("corrector", noise, (self.n_steps,) + tuple(x.shape))
+    check_noise("corrector", noise, (self.n_steps,) + tuple(x.shape))
     self.sde.check_t(x, t)
 
     def langevin_step(carry, z):
@@ -270,21 +272,6 @@ def pc_nfe(N: int, n_steps: int, predictor: str | None = "reverse_diffusion",
   return N * (int(used(predictor)) + int(used(corrector)) * n_steps)
 
 
-def _example_keys(key: Array, batch: int, sample_offset) -> Array:
-  """One key per example, ``fold_in(key, sample_offset + b)``: independent of the batch it is drawn in."""
-  return jax.vmap(lambda b: jax.random.fold_in(key, b))(sample_offset + jnp.arange(batch))
-
-
-# Noise streams of the per-example keys: 0 prior, 1 corrector, 2 predictor, 3 and 4 a constraint's draws
-# after the corrector and after the predictor (so unconstrained samples do not change).
-_CONSTRAINT_STREAMS = (3, 4)
-
-
-def _draw(keys: Array, stream: int, step, shape) -> Array:
-  """Standard normals ``[B, *shape]`` for ``stream`` at ``step`` from per-example ``keys``."""
-  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(jax.random.fold_in(k, step), stream), shape))(keys)
-
-
 def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predictor: str | None = "reverse_diffusion",
               corrector: str | None = "langevin", snr: float = 0.16, n_steps: int = 1,
               probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3,
@@ -330,21 +317,22 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
   if constraint is not None and draws is not None and key is None:
     raise ValueError("a constraint draws its noise from key; pass a key along with draws.")
   if constraint is not None:
-    keys = _example_keys(key, B, sample_offset)
-    constraint_noise_fn = lambda i, stream: _draw(keys, stream, i + 1, shape[1:])
+    keys = randomness.example_keys(key, B, sample_offset)
+    constraint_noise_fn = lambda i, stream: randomness.normal_draws(keys, stream, i + 1, shape[1:])
   if draws is not None:
     prior_noise, corrector_noise, predictor_noise = (jnp.asarray(d) for d in draws)
-    _check_noise("prior", prior_noise, shape)
-    _check_noise("corrector", corrector_noise, (N, n_steps) + shape)
-    _check_noise("predictor", predictor_noise, (N,) + shape)
+    check_noise("prior", prior_noise, shape)
+    check_noise("corrector", corrector_noise, (N, n_steps) + shape)
+    check_noise("predictor", predictor_noise, (N,) + shape)
     noise_fn = lambda i: (corrector_noise[i], predictor_noise[i])
   else:
-    keys = _example_keys(key, B, sample_offset)
-    prior_noise = _draw(keys, 0, 0, shape[1:])
+    keys = randomness.example_keys(key, B, sample_offset)
+    prior_noise = randomness.normal_draws(keys, randomness.PRIOR, 0, shape[1:])
 
     def noise_fn(i):
-      corrector_noise = jnp.moveaxis(_draw(keys, 1, i + 1, (n_steps,) + shape[1:]), 1, 0)
-      return corrector_noise, _draw(keys, 2, i + 1, shape[1:])
+      corrector_noise = randomness.normal_draws(keys, randomness.CORRECTOR, i + 1, (n_steps,) + shape[1:])
+      predictor_noise = randomness.normal_draws(keys, randomness.PREDICTOR, i + 1, shape[1:])
+      return jnp.moveaxis(corrector_noise, 1, 0), predictor_noise
 
   x = prior_noise * sde.prior_std()
 
@@ -355,10 +343,10 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, predict
     corrector_noise, predictor_noise = noise_fn(i)
     xc, xc_mean = corr.step(x, vec_t, corrector_noise)
     if constraint is not None:
-      xc, xc_mean = constraint.apply(xc, xc_mean, vec_t, constraint_noise_fn(i, _CONSTRAINT_STREAMS[0]))
+      xc, xc_mean = constraint.apply(xc, xc_mean, vec_t, constraint_noise_fn(i, randomness.CONSTRAINT_AFTER_CORRECTOR))
     xp, xp_mean = pred.step(xc, vec_t, predictor_noise)
     if constraint is not None:
-      xp, xp_mean = constraint.apply(xp, xp_mean, vec_t, constraint_noise_fn(i, _CONSTRAINT_STREAMS[1]))
+      xp, xp_mean = constraint.apply(xp, xp_mean, vec_t, constraint_noise_fn(i, randomness.CONSTRAINT_AFTER_PREDICTOR))
     traj = dict(corrector_x=xc, corrector_x_mean=xc_mean, predictor_x=xp, predictor_x_mean=xp_mean)
     return (xp, xp_mean), (traj if return_trajectory else None)
 
@@ -393,10 +381,11 @@ def probability_flow_drift_fn(sde: sde_lib.SDE, score_fn: ScoreFn) -> Callable[[
   return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, x.dtype))[0]
 
 
-def _check_solver(solver: str, steps: int) -> None:
+def check_solver(solver: str, steps: int) -> None:
+  """Raise ValueError for an unknown ODE solver name or a step count that is not an int >= 0."""
   if solver not in ODE_SOLVERS:
     raise ValueError(f"Unknown ODE solver {solver!r}; expected one of {sorted(ODE_SOLVERS)}.")
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+  if not validation.is_int(steps, 0):
     raise ValueError(f"ODE steps must be an integer >= 0 (0 = adaptive step size), got {steps!r}.")
   if steps == 0 and solver in _FIXED_STEP_ONLY:
     raise ValueError(f"ODE solver {solver!r} has no error estimate, so it cannot choose its step size: give it a "
@@ -420,7 +409,7 @@ def solve_ode(vector_field: Callable[[Array, Any], Any], y0, t0: float, t1: floa
   Returns:
     ``(y(t1), nfe)``: the state at ``t1`` (a pytree like ``y0``) and the number of vector-field evaluations.
   """
-  _check_solver(solver, steps)
+  check_solver(solver, steps)
   if steps == 0 and not (rtol > 0 and atol > 0):
     raise ValueError(f"rtol and atol must be > 0, got rtol={rtol!r}, atol={atol!r}.")
   term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
@@ -459,11 +448,11 @@ def ode_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, z: Arr
   shape = tuple(int(s) for s in shape)
   if not 0 < eps < sde.T:
     raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}.")
-  _check_solver(solver, steps)
+  check_solver(solver, steps)
   if z is None:
     x = sde.prior_sampling(key, shape)
   else:
-    _check_noise("z (prior sample)", z, shape)
+    check_noise("z (prior sample)", z, shape)
     x = z
   x, nfe = solve_ode(probability_flow_drift_fn(sde, score_fn), x, sde.T, eps, rtol=rtol, atol=atol,
                      solver=solver, max_steps=max_steps, steps=steps)

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import validation
+
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
@@ -54,7 +56,7 @@ def timestep_index(t: Array, N: int, T: float) -> Array:
 
 
 def _check_positive_int(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+  if not validation.is_int(value, 1):
     raise ValueError(f"{name} must be a positive integer number of discretisation steps, got {value!r}.")
 
 

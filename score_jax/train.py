@@ -1,7 +1,8 @@
 """The training step of the image models: a pure function of (state, batch, key), fused with ``lax.scan``.
 
-Nothing here knows about devices. :func:`make_train_step` averages gradients over a mapped axis only when
-it is given ``axis_name`` (``jax.pmap``); :mod:`score_jax.parallel` does the device mapping.
+The step knows nothing about devices: :func:`make_train_step` averages gradients over a mapped axis only
+when it is given ``axis_name`` (``jax.pmap``, whose index gives the device's rows of the global batch), and
+:mod:`score_jax.parallel` does the device mapping.
 
 Randomness is derived, not carried. Step ``s`` uses ``key_s = fold_in(key, s)``, and example ``i`` of the
 *global* batch draws its time (or noise level), its Gaussian noise and its dropout masks from
@@ -28,17 +29,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_jax import losses, models, sde_lib
+from score_jax import losses, models, randomness, sde_lib
 
 Array = jax.Array
 
 __all__ = [
     "TrainState", "init_train_state", "loss_kind", "make_loss_fn", "make_eval_loss_fn", "make_train_step",
-    "make_fused_train_step", "ema_update", "example_keys",
+    "make_fused_train_step", "ema_update", "example_keys", "make_model_fn",
 ]
 
-# Tags that split an example's key into its independent draws.
-_KEY_T, _KEY_NOISE, _KEY_DROPOUT = 0, 1, 2
 
 
 @flax.struct.dataclass
@@ -119,9 +118,7 @@ def loss_kind(config: ml_collections.ConfigDict, sde: sde_lib.SDE) -> str:
   return kind
 
 
-def example_keys(key_step: Array, batch_size: int, offset: Array | int = 0) -> Array:
-  """Keys ``[batch_size]`` of the examples ``offset + arange(batch_size)`` of the global batch at one step."""
-  return jax.vmap(lambda i: jax.random.fold_in(key_step, i))(offset + jnp.arange(batch_size))
+example_keys = randomness.example_keys  # keys [B] of the global-batch rows offset + arange(B)
 
 
 # Modules that stay in fp32 under bf16: the fixed random Fourier frequencies (std 16) multiply log sigma, and
@@ -196,7 +193,7 @@ def _per_example_dropout(keys: Array):
   return interceptor
 
 
-def _make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True) -> Callable[[Array, Array], Array]:
+def make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True) -> Callable[[Array, Array], Array]:
   """The network as a batched ``model_fn(x [B, ...], labels [B]) -> fp32 [B, ...]``, in train mode (dropout)
   unless ``train=False``.
 
@@ -207,7 +204,7 @@ def _make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True
   """
   bf16 = compute_dtype == jnp.bfloat16
   variables = {"params": _cast_params(params, compute_dtype) if bf16 else params}
-  dropout_keys = jax.vmap(lambda k: jax.random.fold_in(k, _KEY_DROPOUT))(keys)
+  dropout_keys = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_DROPOUT))(keys)
 
   def model_fn(x, labels):
     apply = models.get_model_fn(model, variables, train=train,
@@ -231,7 +228,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
   ``x`` holds the global-batch rows ``offset + arange(B)``; their draws come from :func:`example_keys`.
   Continuous training uses denoising score matching (:func:`score_jax.losses.sde_loss`, eq. 7) on the
   network as a score (:func:`score_jax.models.make_score_fn`); discrete training uses SMLD (VE) or DDPM
-  (VP) on the raw network. ``training.bf16`` runs the network in bf16 (see :func:`_make_model_fn`).
+  (VP) on the raw network. ``training.bf16`` runs the network in bf16 (see :func:`make_model_fn`).
   ``train=False`` evaluates the network without dropout (the evaluation loss).
   """
   t = config.training
@@ -241,9 +238,10 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
 
   def loss_fn(params, x, key_step, offset=0):
     keys = example_keys(key_step, x.shape[0], offset)  # [B]
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, _KEY_NOISE), x.shape[1:], jnp.float32))(keys)
-    key_t = jax.vmap(lambda k: jax.random.fold_in(k, _KEY_T))(keys)
-    model_fn = _make_model_fn(model, params, keys, compute_dtype, train)
+    noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_NOISE))(keys)
+    noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], jnp.float32))(noise_keys)  # [B, ...]
+    key_t = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_T))(keys)
+    model_fn = make_model_fn(model, params, keys, compute_dtype, train)
     x = x.astype(jnp.float32)
     if kind == "dsm":
       time = jax.vmap(lambda k: jax.random.uniform(k, ()) * (sde.T - eps) + eps)(key_t)  # [B]

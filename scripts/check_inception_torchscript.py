@@ -151,7 +151,7 @@ def compare(module, images: np.ndarray) -> dict:
                       weights_sha256=weights_sha256(state_dict))
   with torch.no_grad():
     # 1. the same 299x299 input tensor into both networks (ours without its preprocessing)
-    resized = np.asarray(jax.jit(inception._preprocess)(jnp.asarray(x)))  # [N, 299, 299, 3] in [-1, 1]
+    resized = np.asarray(jax.jit(inception.preprocess)(jnp.asarray(x)))  # [N, 299, 299, 3] in [-1, 1]
     ref = module(torch.from_numpy(resized.transpose(0, 3, 1, 2).copy())).numpy().astype(np.float64)
     ours, _, _ = inception.FIDInceptionV3(precision="highest").apply(variables, jnp.asarray(resized))
     result["pool3_rel_diff_same_input"] = _relative(ours, ref)

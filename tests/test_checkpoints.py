@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from helpers import run_with_kills, tree_differences
 
 from score_jax import checkpoints as ck
 
@@ -121,7 +122,7 @@ def test_round_trip_is_bit_exact(tmp_path):
   with _checkpointer(tmp_path) as ckpts:
     restored = ckpts.restore()
     meta = ckpts.metadata(4)
-  assert ck.tree_differences(restored, state) == []
+  assert tree_differences(restored, state) == []
   assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)  # optax namedtuples back
   assert int(restored["opt_state"][0].count) == 4
   assert meta["step"] == meta["data_position"] == 4 and meta["seed"] == SEED
@@ -133,8 +134,8 @@ def test_partial_restore_reads_only_the_items_asked_for(tmp_path):
   with _checkpointer(tmp_path) as ckpts:
     part = ckpts.restore(3, items=("ema_params", "step"))
     assert sorted(part) == ["ema_params", "step"]
-    assert ck.tree_differences(part["ema_params"], state["ema_params"]) == [] and int(part["step"]) == 3
-    assert ck.tree_differences(ckpts.restore_latest(items=("ema_params",))["ema_params"], state["ema_params"]) == []
+    assert tree_differences(part["ema_params"], state["ema_params"]) == [] and int(part["step"]) == 3
+    assert tree_differences(ckpts.restore_latest(items=("ema_params",))["ema_params"], state["ema_params"]) == []
     with pytest.raises(ValueError, match=r"items=\['nope'\]: expected a non-empty subset of"):
       ckpts.restore(3, items=("nope",))
   # A template with another optimizer state (an optim.* change): the whole state no longer restores, the EMA
@@ -144,7 +145,7 @@ def test_partial_restore_reads_only_the_items_asked_for(tmp_path):
   with _checkpointer(tmp_path, template=other) as ckpts:
     with pytest.raises(ValueError, match="state tree that differs"):
       ckpts.restore(3)
-    assert ck.tree_differences(ckpts.restore(3, items=("ema_params",))["ema_params"], state["ema_params"]) == []
+    assert tree_differences(ckpts.restore(3, items=("ema_params",))["ema_params"], state["ema_params"]) == []
 
 
 @pytest.mark.parametrize("keep", [2, None])
@@ -179,9 +180,9 @@ def test_each_checkpoint_restores_with_orbax_alone(tmp_path):
   item = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "2" / "state")
   for got in (restored.state, item):
     for name in ("params", "ema_params"):
-      assert ck.tree_differences(got[name], state[name]) == []
+      assert tree_differences(got[name], state[name]) == []
     assert int(got["step"]) == 2
-    assert ck.tree_differences(got["opt_state"][0]["mu"], state["opt_state"][0].mu) == []
+    assert tree_differences(got["opt_state"][0]["mu"], state["opt_state"][0].mu) == []
   assert restored.meta["step"] == 2
 
 
@@ -221,12 +222,12 @@ def test_restore_latest_skips_a_corrupt_checkpoint(tmp_path, how, caplog):
   with _checkpointer(tmp_path) as ckpts, caplog.at_level(logging.WARNING, logger=ck.__name__):
     restored = ckpts.restore_latest()
     assert str(newest) in caplog.text and "skipping corrupt checkpoint" in caplog.text
-    assert ck.tree_differences(restored, states[6]) == []
+    assert tree_differences(restored, states[6]) == []
     with pytest.raises(ck.CheckpointCorruptError, match=str(newest)):
       ckpts.restore(9)
     # the resumed run saves step 9 again: it replaces the corrupt directory
     assert ckpts.save(_train_step(_train_step(_train_step(restored))), 9)
-    assert ck.tree_differences(ckpts.restore_latest(), states[9]) == []
+    assert tree_differences(ckpts.restore_latest(), states[9]) == []
 
 
 def test_interrupted_orbax_write_is_ignored_and_cleaned(tmp_path):
@@ -320,7 +321,7 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(tmp_path):
   assert len(stopped) == 1 and stopped[0] >= 4
   with _checkpointer(tmp_path) as ckpts:
     assert ckpts.latest_step() == stopped[0]
-    assert ck.tree_differences(ckpts.restore_latest(), _reference(stopped[0])) == []
+    assert tree_differences(ckpts.restore_latest(), _reference(stopped[0])) == []
 
 
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
@@ -329,7 +330,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
   kill_steps = np.sort(rng.choice(np.arange(1, n_steps - 6), size=3, replace=False))
   # a delay up to about one save lands the kill in a step, a sleep or a save
   kill_points = [(int(s), float(d)) for s, d in zip(kill_steps, rng.uniform(0, 0.2, size=3))]
-  records = ck.run_with_kills(_loop_argv(tmp_path, n_steps, 0.005), kill_points, env=_env(), timeout=60)
+  records = run_with_kills(_loop_argv(tmp_path, n_steps, 0.005), kill_points, env=_env(), timeout=60)
   assert records[0]["killed"] and not records[-1]["killed"] and records[-1]["returncode"] == 0
   for before, after in zip(records, records[1:]):
     if before["killed"] and after["first_step"] is not None:
@@ -339,7 +340,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
   with _checkpointer(tmp_path) as ckpts:
     final = ckpts.restore_latest()
     assert ckpts.latest_step() == n_steps
-  assert ck.tree_differences(final, _reference(n_steps)) == []
+  assert tree_differences(final, _reference(n_steps)) == []
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The noise-conditional classifier: the full-size WRN's shapes, training and evaluation through run_lib on tiny
+"""The noise-conditional classifier: the full-size WRN's shapes, training and evaluation through the pipeline on tiny
 labelled data, bad input, and the gradient of log p_t(y | x) used for class-conditional sampling."""
 
 import ast
@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
-from score_jax import builders, classifier, configs_loader, run_lib, sde_lib
+from score_jax import builders, classifier, configs_loader, pipeline, sde_lib
 from score_jax.nets import wideresnet
 
 CONFIG_PATH = "configs/classifier/cifar10_wrn_noise_conditional.py"
@@ -72,7 +72,7 @@ def test_config_documents_its_command_and_builds_the_original_wrn_28_10():
   assert f"python -m score_jax.main --config {CONFIG_PATH}" in docstring
   config = configs_loader.load_config(CONFIG)
   assert builders.is_classifier(config) and config.training.sde == "vesde" and config.seed == 42
-  exp = run_lib.setup(config)  # shapes only
+  exp = pipeline.setup(config)  # shapes only
   assert exp.task == "classifier" and isinstance(exp.sde, sde_lib.VESDE)
   assert (exp.sde.sigma_min, exp.sde.sigma_max) == (0.01, 50)  # those of configs/ve/cifar10_ncsnpp_continuous.py
   assert isinstance(exp.model, wideresnet.WideResnet)
@@ -88,7 +88,7 @@ def test_config_documents_its_command_and_builds_the_original_wrn_28_10():
   assert logits.shape == (5, 10)
 
 
-# ---- training and evaluation through run_lib ------------------------------------------------------------------
+# ---- training and evaluation through the pipeline ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def trained(tmp_path_factory):
   data = _stripes(root / "stripes.npz")
   config = tiny_config(data)
   workdir = root / "run"
-  result = run_lib.train_and_evaluate(config, workdir, progress=False)
+  result = pipeline.train_and_evaluate(config, workdir, progress=False)
   return dict(workdir=workdir, data=data, config=config, result=result)
 
 
@@ -116,14 +116,14 @@ def test_training_resumes_from_the_checkpoint(trained, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(trained["workdir"], workdir)
   config = tiny_config(trained["data"], **{"training.n_iters": 25})
-  result = run_lib.train_and_evaluate(config, workdir, progress=False)
+  result = pipeline.train_and_evaluate(config, workdir, progress=False)
   assert result["step"] == 25 and np.isfinite(result["loss"])
   log = [json.loads(line) for line in (workdir / "train_log.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log if "loss" in r] == [5, 10, 15, 20, 25]  # appended after the first session's
 
 
 def test_eval_reports_accuracy_above_chance_per_noise_bin(trained):
-  result = run_lib.evaluate(trained["config"], trained["workdir"], progress=False)
+  result = pipeline.evaluate(trained["config"], trained["workdir"], progress=False)
   assert result["checkpoint"] == "step_20" and result["examples"] == 64
   assert result["accuracy"] > 0.75 and 0 < result["accuracy_se"] < 0.1 and np.isfinite(result["loss"])
   bins = result["bins"]
@@ -136,7 +136,7 @@ def test_eval_reports_accuracy_above_chance_per_noise_bin(trained):
 
 
 def test_load_classifier_gives_a_log_prob_gradient(trained):
-  model, variables, sde = classifier.load_classifier(trained["config"], trained["workdir"])
+  model, variables, sde = pipeline.load_classifier(trained["config"], trained["workdir"])
   grad_fn = jax.jit(classifier.make_log_prob_grad_fn(model, variables, sde))
   x = jnp.full((2, 8, 8, 3), 0.5)  # a constant image: the per-image standardisation's std floor is active
   g = grad_fn(x, jnp.array([0.1, 0.9]), jnp.array([0, 1]))
@@ -145,7 +145,7 @@ def test_load_classifier_gives_a_log_prob_gradient(trained):
 
 def test_sample_mode_refuses_a_classifier_config(trained):
   with pytest.raises(ValueError, match="needs a score-model config"):
-    run_lib.sample(trained["config"], trained["workdir"], num_samples=1, progress=False)
+    pipeline.sample(trained["config"], trained["workdir"], num_samples=1, progress=False)
 
 
 # ---- bad input: clear errors before any training ---------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_sample_mode_refuses_a_classifier_config(trained):
 def test_unknown_classifier_name(tmp_path):
   config = tiny_config(_stripes(tmp_path / "d.npz"), **{"classifier.name": "resnet9000"})
   with pytest.raises(ValueError, match="Unknown classifier.name 'resnet9000'.*wideresnet_noise_conditional"):
-    run_lib.train_and_evaluate(config, tmp_path / "run", progress=False)
+    pipeline.train_and_evaluate(config, tmp_path / "run", progress=False)
   assert not (tmp_path / "run").exists()
 
 
@@ -163,16 +163,16 @@ def test_labels_outside_num_classes(tmp_path):
   rng = np.random.default_rng(0)
   np.savez(data, images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), labels=np.arange(16) % 10)
   with pytest.raises(ValueError, match=r"labels in \[0, 9\], outside \[0, classifier.num_classes=2\)"):
-    run_lib.train_and_evaluate(tiny_config(data), tmp_path / "run", progress=False)
+    pipeline.train_and_evaluate(tiny_config(data), tmp_path / "run", progress=False)
   assert not (tmp_path / "run").exists()
 
 
 def test_data_without_labels(tmp_path):
   config = tiny_config(_stripes(tmp_path / "d.npz", labels=False))
   with pytest.raises(ValueError, match="has no labels, which a classifier needs"):
-    run_lib.train_and_evaluate(config, tmp_path / "run", progress=False)
+    pipeline.train_and_evaluate(config, tmp_path / "run", progress=False)
   with pytest.raises(ValueError, match="has no labels"):
-    run_lib.dry_run(config, trace_step=False)
+    pipeline.dry_run(config, trace_step=False)
   assert not (tmp_path / "run").exists()
 
 
@@ -184,7 +184,7 @@ def test_data_without_labels(tmp_path):
 ])
 def test_bad_classifier_fields(tmp_path, field, value, match):
   with pytest.raises(ValueError, match=match):
-    run_lib.setup(tiny_config(tmp_path / "unused.npz", **{field: value}))
+    pipeline.setup(tiny_config(tmp_path / "unused.npz", **{field: value}))
 
 
 # ---- the gradient of log p_t(y | x) --------------------------------------------------------------------------
@@ -255,13 +255,13 @@ def test_launcher_trains_and_evaluates_a_classifier(tmp_path):
 @pytest.mark.slow
 def test_class_conditional_sampling_from_files(trained, tmp_path):
   """python -m score_jax.controllable --task class on a 2-step tiny VE score model guided by the tiny classifier."""
-  from test_run_lib import tiny_config as tiny_score_config
+  from helpers import tiny_config as tiny_score_config
 
   from score_jax import controllable
 
   score_config = tiny_score_config(trained["data"], **{"training.n_iters": 2, "training.snapshot_freq": 2,
                                                       "sampling.corrector": "none"})
-  run_lib.train_and_evaluate(score_config, tmp_path / "score", progress=False)
+  pipeline.train_and_evaluate(score_config, tmp_path / "score", progress=False)
   result = controllable.run_task(score_config, "class", tmp_path / "score", tmp_path / "out", labels="0,1,1",
                                  classifier_config=trained["config"], classifier_workdir=str(trained["workdir"]),
                                  scale=2.0, progress=False)

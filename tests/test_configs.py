@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SHARED, experiment
 from flax import traverse_util
+from helpers import ROOT, SHARED, experiment
 
 from score_jax import builders, configs_loader
 
@@ -158,8 +158,8 @@ def test_model_param_tree_matches_original(config_path, key):
   name = config.model.name
   if name not in builders.MODEL_BUILDERS:
     pytest.skip(f"model {name} not registered yet")
-  # run_lib.setup initialises the network on a [1, H, W, C] input and labels [1], as the reference's init_model
-  # (shapes only; shared with the dry validation in test_run_lib.py)
+  # pipeline.setup initialises the network on a [1, H, W, C] input and labels [1], as the reference's init_model
+  # (shapes only; shared with the dry validation in test_pipeline.py)
   variables = {"params": experiment(config_path).abstract_state.params}
   ours = {path: (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in traverse_util.flatten_dict(variables, sep="/").items()}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from test_sampling_oracle import MIXTURE, SDE_NAMES, gaussian_score_fn, make_sde
+from oracles import MIXTURE, SDE_NAMES, gaussian_score_fn, make_sde
 
 from score_jax import controllable, sampling
 

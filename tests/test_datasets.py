@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import SHARED
+from helpers import SHARED
 from PIL import Image
 
 from score_jax import datasets

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import SHARED
 from flax.traverse_util import flatten_dict
+from helpers import SHARED
 
 from score_jax import builders, models, sde_lib
 from score_jax.nets import ddpm as ddpm_net

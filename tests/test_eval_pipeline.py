@@ -10,20 +10,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import fake_feature_fn
 
 from score_jax import eval as sj_eval
-from score_jax import fileio, metrics
-
-
-def fake_feature_fn(images):
-  """pool3 [N, 6] and logits [N, 4]: fixed projections of the per-image channel means and stds."""
-  images = np.asarray(images, np.float64)
-  assert images.min() >= 0.0 and images.max() <= 1.0
-  summary = np.concatenate([images.mean(axis=(1, 2)), images.std(axis=(1, 2))], axis=1)  # [N, 6]
-  rng = np.random.default_rng(123)
-  pool3 = summary @ rng.normal(size=(6, 6))
-  logits = 5.0 * summary @ rng.normal(size=(6, 4))
-  return dict(pool3=pool3, logits=logits)
+from score_jax import features, fileio, metrics
 
 
 @pytest.fixture
@@ -37,7 +27,7 @@ def npz_data(tmp_path):
 
 def test_stats_cover_every_example_once(npz_data, tmp_path):
   path, images = npz_data
-  config = sj_eval._data_config("npz", root=str(path), image_size=8)
+  config = features.data_config("npz", root=str(path), image_size=8)
   out = tmp_path / "stats.npz"
   result = sj_eval.compute_stats(config, "train", fake_feature_fn, str(out), batch_size=10, save_features=True,
                                  progress=False)
@@ -57,9 +47,9 @@ def test_sample_metrics_match_the_metrics_on_the_same_features(npz_data, tmp_pat
   path, images = npz_data
   samples = tmp_path / "samples"
   samples.mkdir()
-  for start in range(0, 25, 8):  # chunks as run_lib.sample writes them
+  for start in range(0, 25, 8):  # chunks as pipeline.sample writes them
     fileio.savez(str(samples / f"samples_{start:07d}.npz"), images=images[start:start + 8])
-  config = sj_eval._data_config("npz", root=str(path), image_size=8)
+  config = features.data_config("npz", root=str(path), image_size=8)
   stats = tmp_path / "stats.npz"
   sj_eval.compute_stats(config, "train", fake_feature_fn, str(stats), batch_size=7, progress=False)
   result = sj_eval.sample_metrics(samples, fake_feature_fn, stats=str(stats), batch_size=6, is_splits=1,
@@ -94,7 +84,7 @@ def test_sample_metrics_store_and_reuse_features_of_the_same_images_only(npz_dat
   _, images = npz_data
   samples = tmp_path / "samples"
   samples.mkdir()
-  for start in range(0, 25, 8):  # chunks as run_lib.sample writes them, with their sample indices
+  for start in range(0, 25, 8):  # chunks as pipeline.sample writes them, with their sample indices
     fileio.savez(str(samples / f"samples_{start:07d}.npz"), images=images[start:start + 8],
                  index=np.arange(start, min(start + 8, 25)))
   fn = _Counting()
@@ -138,4 +128,4 @@ def test_images_must_be_uint8_rgb():
     sj_eval.features_of([np.zeros((2, 8, 8, 3), np.float32)], fake_feature_fn, progress=False)
   with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
     sj_eval.features_of([np.zeros((2, 8, 8, 1), np.uint8)], fake_feature_fn, progress=False)
-  json.dumps(sj_eval._data_config("npz").to_dict())  # the data config is plain data
+  json.dumps(features.data_config("npz").to_dict())  # the data config is plain data

@@ -14,17 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_sampling_oracle import (
+from oracles import (
   BATCH,
   MIXTURE,
   SDE_NAMES,
-  _evaluation_counter,
   assert_matches_target,
+  evaluation_counter,
   gaussian_score_fn,
   make_sde,
   product_score_fn,
+  reference_statistics,
   sample_product,
-  statistics,
 )
 
 from score_jax import builders, configs_loader, fast_sampling, sampling
@@ -35,8 +35,7 @@ ORDER = {"ddim": 1, "dpm_solver": 2, "heun": 2}
 
 @pytest.fixture(scope="module")
 def reference():
-  f = statistics(sample_product(jax.random.PRNGKey(12345), 200_000))
-  return f.mean(0), f.var(0) / len(f), np.sqrt(np.mean(f**2, axis=0))
+  return reference_statistics()
 
 
 def test_noise_to_signal_round_trip():
@@ -134,7 +133,7 @@ def test_samples_match_target(sde_name, case, reference):
 @pytest.mark.parametrize("method", METHODS)
 def test_nfe_counts_score_evaluations(method):
   sde = make_sde("vpsde", 100)
-  tick, counter = _evaluation_counter()
+  tick, counter = evaluation_counter()
   exact = gaussian_score_fn(sde)
 
   def score_fn(x, t):

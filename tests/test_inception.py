@@ -6,7 +6,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import SHARED
+from helpers import SHARED
 
 from score_jax import inception
 
@@ -98,7 +98,7 @@ def test_resize_matches_torch_interpolate(size_in):
   expected = torch.nn.functional.interpolate(
     torch.from_numpy(x), size=(299, 299), mode="bilinear", align_corners=False
   ).numpy()
-  actual = inception._preprocess(_nhwc(x))
+  actual = inception.preprocess(_nhwc(x))
   np.testing.assert_allclose(np.asarray(actual), _nhwc(2 * expected - 1), rtol=0, atol=1e-6)
 
 

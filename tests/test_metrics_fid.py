@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import scipy.linalg
-from conftest import SHARED
+from helpers import SHARED
 
 from score_jax import metrics
 

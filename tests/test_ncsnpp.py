@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import SHARED
+from helpers import SHARED
 
 from score_jax import builders, models
 from score_jax.nets import NCSNpp

@@ -7,7 +7,7 @@ original made, so each value reachable through the contract is compared draw for
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_core_fixture
+from helpers import load_core_fixture
 
 from score_jax import losses, sampling, sde_lib
 

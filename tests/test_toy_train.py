@@ -5,7 +5,7 @@ import importlib.util
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from score_jax import toy
 

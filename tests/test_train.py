@@ -206,7 +206,7 @@ def test_per_example_dropout_masks_follow_the_example_key_not_the_batch():
   model, x = _TwoDropouts(), jnp.zeros((6, 4000))
   params = model.init({"params": jax.random.PRNGKey(0)}, x, jnp.zeros(6))["params"]
   keys = train.example_keys(jax.random.PRNGKey(3), 6)
-  out = np.asarray(train._make_model_fn(model, params, keys, jnp.float32)(x, jnp.zeros(6)))  # [6, 8000]
+  out = np.asarray(train.make_model_fn(model, params, keys, jnp.float32)(x, jnp.zeros(6)))  # [6, 8000]
   keep = 1.0 - 0.3
   assert set(np.unique(out)) == {0.0, np.float32(1.0 / keep)}
   assert abs((out > 0).mean() - keep) < 0.01  # 48,000 draws: 5 standard deviations is 0.0105
@@ -214,12 +214,12 @@ def test_per_example_dropout_masks_follow_the_example_key_not_the_batch():
   assert 0.4 < (a == b).mean() < 0.6 + 0.02  # two layers, independent masks (p^2 + q^2 = 0.58 agree)
   assert not (a[0] == a[1]).all()  # two examples, independent masks
   # example 4 alone, or first in another batch with its key: the same masks
-  alone = train._make_model_fn(model, params, keys[4:5], jnp.float32)(x[:1], jnp.zeros(1))
+  alone = train.make_model_fn(model, params, keys[4:5], jnp.float32)(x[:1], jnp.zeros(1))
   np.testing.assert_array_equal(np.asarray(alone)[0], out[4])
-  shuffled = train._make_model_fn(model, params, keys[::-1], jnp.float32)(x, jnp.zeros(6))
+  shuffled = train.make_model_fn(model, params, keys[::-1], jnp.float32)(x, jnp.zeros(6))
   np.testing.assert_array_equal(np.asarray(shuffled)[::-1], out)
   # evaluation mode: no dropout at all
-  ev = train._make_model_fn(model, params, keys, jnp.float32, train=False)(x, jnp.zeros(6))
+  ev = train.make_model_fn(model, params, keys, jnp.float32, train=False)(x, jnp.zeros(6))
   np.testing.assert_array_equal(np.asarray(ev), np.ones((6, 8000), np.float32))
 
 

@@ -6,8 +6,9 @@ the original README). ``data.tfrecords_path`` is the original's; point it at you
     python -m score_jax.main --config configs/ve/ffhq_256_ncsnpp_continuous.py \
         --workdir runs/ve/ffhq_256_ncsnpp_continuous
 
-then ``--mode eval`` and ``--mode sample`` with the same --workdir. Training on image data arrives with a
-later issue; until then the launcher stops with a message naming the unsupported dataset.
+trains (resuming from the newest checkpoint in --workdir); then ``--mode eval`` (test loss;
+``--config.eval.enable_bpd=True`` for bits/dim, ``--config.eval.enable_sampling=True`` for FID) and
+``--mode sample`` with the same --workdir (docs/training.md). ``--dry_run`` checks the config end to end first.
 """
 
 from configs.default_lsun_configs import get_default_configs

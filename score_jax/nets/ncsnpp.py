@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.nets import layers, layerspp
+from score_jax.nets.noise_levels import get_sigmas
 
 Array = jax.Array
 
@@ -32,9 +33,7 @@ ATTENTION_TYPES = ("ddpm",)
 SUPPORTED_CONV_SIZE = 3
 
 
-def smld_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> Array:
-  """The SMLD noise levels ``[num_scales]``, geometric from ``sigma_max`` (index 0) down to ``sigma_min``."""
-  return jnp.exp(jnp.linspace(jnp.log(sigma_max), jnp.log(sigma_min), num_scales))
+smld_sigmas = get_sigmas  # the SMLD noise levels, geometric from sigma_max (index 0) to sigma_min
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import validation
+
 Array = jax.Array
 
 __all__ = ["get_sigmas", "check_sigmas", "check_integer_labels", "divide_by_sigma"]
@@ -13,7 +15,7 @@ __all__ = ["get_sigmas", "check_sigmas", "check_integer_labels", "divide_by_sigm
 
 def check_sigmas(sigma_min: float, sigma_max: float, num_scales: int, where: str) -> None:
   """Raise unless ``0 < sigma_min < sigma_max`` and ``num_scales`` is a positive integer."""
-  if isinstance(num_scales, bool) or not isinstance(num_scales, (int, np.integer)) or num_scales < 1:
+  if not validation.is_int(num_scales, 1):
     raise ValueError(f"{where}: num_scales must be a positive integer, got {num_scales!r}.")
   if not (np.isfinite(sigma_min) and np.isfinite(sigma_max) and 0 < sigma_min < sigma_max):
     raise ValueError(f"{where}: expected 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, "

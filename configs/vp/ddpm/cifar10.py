@@ -5,8 +5,9 @@ probability-flow ODE, NLL 3.28 bits/dim and FID 3.37 (paper Table 2).
 
     python -m score_jax.main --config configs/vp/ddpm/cifar10.py --workdir runs/vp/ddpm/cifar10
 
-then ``--mode eval`` and ``--mode sample`` with the same --workdir. Training on image data arrives with a
-later issue; until then the launcher stops with a message naming the unsupported dataset.
+trains (resuming from the newest checkpoint in --workdir); then ``--mode eval`` (test loss;
+``--config.eval.enable_bpd=True`` for bits/dim, ``--config.eval.enable_sampling=True`` for FID) and
+``--mode sample`` with the same --workdir (docs/training.md). ``--dry_run`` checks the config end to end first.
 """
 
 from configs.default_cifar10_configs import get_default_configs

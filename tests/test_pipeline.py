@@ -15,37 +15,25 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED, experiment
+from helpers import (
+  CONFIG,
+  ROOT,
+  SHARED,
+  TINY,
+  experiment,
+  fake_feature_fn,
+  run_with_kills,
+  tiny_config,
+  tree_differences,
+)
 
-from score_jax import checkpoints, configs_loader, run_lib
-
-CONFIG = ROOT / "configs" / "ve" / "cifar10_ncsnpp_continuous.py"
-
-# --config.x=y overrides that make configs/ve/cifar10_ncsnpp_continuous.py tiny (also used by the subprocess tests).
-TINY = {
-    "data.dataset": "npz", "data.image_size": 8, "model.nf": 8, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
-    "model.attn_resolutions": (4,), "model.fir": False, "model.progressive_input": "none",
-    "model.progressive": "none", "model.dropout": 0.0, "model.num_scales": 5, "model.fourier_scale": 16,
-    "training.batch_size": 4, "training.n_jitted_steps": 1, "training.n_iters": 4, "training.log_freq": 2,
-    "training.eval_freq": 2, "training.snapshot_freq": 4, "training.snapshot_freq_for_preemption": 2,
-    "training.snapshot_num_samples": 4, "eval.batch_size": 4, "eval.bpd_num_examples": 4,
-    "eval.bpd_num_repeats": 1, "eval.enable_bpd": True, "sampling.ode_rtol": 1e-3, "sampling.ode_atol": 1e-3,
-    "optim.warmup": 0,
-}
+from score_jax import configs_loader, features, pipeline
 
 
 def _tiny_data(path: pathlib.Path, n: int = 24) -> pathlib.Path:
   rng = np.random.default_rng(0)
   np.savez(path, images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), labels=rng.integers(0, 10, n))
   return path
-
-
-def tiny_config(data: pathlib.Path, **overrides):
-  config = configs_loader.load_config(CONFIG)
-  for name, value in {**TINY, "data.root": str(data), **overrides}.items():
-    section, field = name.split(".")
-    config[section][field] = value
-  return config
 
 
 def _override_flags(data: pathlib.Path, **overrides) -> list[str]:
@@ -82,7 +70,7 @@ def trained(tmp_path_factory):
   data = _tiny_data(root / "data.npz")
   config = tiny_config(data)
   workdir = root / "run"
-  result = run_lib.train_and_evaluate(config, workdir, progress=False)
+  result = pipeline.train_and_evaluate(config, workdir, progress=False)
   return dict(workdir=workdir, data=data, config=config, result=result)
 
 
@@ -113,7 +101,7 @@ def test_checkpoint_restores_with_orbax_alone(trained):
 
 
 def test_eval_reports_loss_and_bpd_with_standard_errors(trained):
-  result = run_lib.evaluate(trained["config"], trained["workdir"], progress=False)
+  result = pipeline.evaluate(trained["config"], trained["workdir"], progress=False)
   assert result["checkpoint"] == "step_4" and result["loss_examples"] == 4
   assert np.isfinite(result["loss"]) and result["loss_se"] > 0
   assert result["bpd_examples"] == 4 and result["bpd_repeats"] == 1
@@ -127,23 +115,23 @@ def test_sample_chunks_resume_and_do_not_depend_on_chunk_size(trained, tmp_path)
   workdir = trained["workdir"]
   # predictor only: every draw comes from the sample's own key, so chunking cannot matter
   config = tiny_config(trained["data"], **{"sampling.corrector": "none", "eval.batch_size": 4})
-  first = run_lib.sample(config, workdir, num_samples=6, progress=False)
+  first = pipeline.sample(config, workdir, num_samples=6, progress=False)
   assert first["chunks_written"] == 2 and first["nfe_per_sample"] == 5
-  again = run_lib.sample(config, workdir, num_samples=6, progress=False)
+  again = pipeline.sample(config, workdir, num_samples=6, progress=False)
   assert again["chunks_written"] == 0 and again["chunks_reused"] == 2
   out = pathlib.Path(first["directory"])
   assert (out / "grid.png").stat().st_size > 0
-  by_4 = run_lib.load_samples(out)
+  by_4 = pipeline.load_samples(out)
   assert by_4.shape == (6, 8, 8, 3)
   other = tmp_path / "other"
   shutil.copytree(workdir / "checkpoints", other / "checkpoints")
   config3 = tiny_config(trained["data"], **{"sampling.corrector": "none", "eval.batch_size": 3})
-  by_3 = run_lib.load_samples(run_lib.sample(config3, other, num_samples=6, progress=False)["directory"])
+  by_3 = pipeline.load_samples(pipeline.sample(config3, other, num_samples=6, progress=False)["directory"])
   assert np.abs(by_4.astype(int) - by_3.astype(int)).max() <= 1  # float rounding may move a pixel by one level
   # another chunk size in the same folder would mix settings: refused, nothing touched
   before = _digest(out)
   with pytest.raises(ValueError, match="chunk"):
-    run_lib.sample(config3, workdir, num_samples=6, progress=False)
+    pipeline.sample(config3, workdir, num_samples=6, progress=False)
   assert _digest(out) == before
 
 
@@ -153,14 +141,14 @@ def test_sampling_killed_midway_restarts_to_the_same_set(trained, tmp_path):
   shutil.copytree(trained["workdir"] / "checkpoints", workdir / "checkpoints")
   # the sampler of test_sample_chunks_... (chunks of 4, predictor only): compiled once per session
   config = tiny_config(trained["data"], **{"eval.batch_size": 4, "sampling.corrector": "none"})
-  out = pathlib.Path(run_lib.sample(config, workdir, num_samples=10, progress=False)["directory"])
-  complete = run_lib.load_samples(out)
+  out = pathlib.Path(pipeline.sample(config, workdir, num_samples=10, progress=False)["directory"])
+  complete = pipeline.load_samples(out)
   (out / "samples_0000004.npz").unlink()  # never written
   data = (out / "samples_0000008.npz").read_bytes()
   (out / "samples_0000008.npz").write_bytes(data[:len(data) // 2])  # cut off mid-write (not atomic elsewhere)
-  again = run_lib.sample(config, workdir, num_samples=10, progress=False)
+  again = pipeline.sample(config, workdir, num_samples=10, progress=False)
   assert again["chunks_reused"] == 1 and again["chunks_written"] == 2
-  np.testing.assert_array_equal(run_lib.load_samples(out), complete)
+  np.testing.assert_array_equal(pipeline.load_samples(out), complete)
 
 
 def test_nan_loss_stops_naming_step_and_checkpoint(trained, tmp_path):
@@ -170,7 +158,7 @@ def test_nan_loss_stops_naming_step_and_checkpoint(trained, tmp_path):
                        **{"training.n_iters": 6, "optim.lr": 1e30, "training.snapshot_sampling": False})
   # optim.lr is not in the checkpoint's fingerprint (model, data), so the run resumes at step 4
   with pytest.raises(FloatingPointError, match=r"at step [56].*Last good checkpoint: .*checkpoints/4 \(step 4\)"):
-    run_lib.train_and_evaluate(config, workdir, progress=False)
+    pipeline.train_and_evaluate(config, workdir, progress=False)
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]
 
 
@@ -180,21 +168,21 @@ def test_foreign_checkpoint_is_refused_before_training(trained, tmp_path):
   before = _digest(workdir)
   config = tiny_config(trained["data"], **{"model.nf": 16, "training.n_iters": 8})
   with pytest.raises(ValueError, match="belongs to another config"):
-    run_lib.train_and_evaluate(config, workdir, progress=False)
+    pipeline.train_and_evaluate(config, workdir, progress=False)
   assert _digest(workdir) == before
 
 
 def test_missing_data_and_bad_fields_fail_before_work(tmp_path):
   with pytest.raises(FileNotFoundError, match="no_such.npz"):
-    run_lib.train_and_evaluate(tiny_config(tmp_path / "no_such.npz"), tmp_path / "run", progress=False)
+    pipeline.train_and_evaluate(tiny_config(tmp_path / "no_such.npz"), tmp_path / "run", progress=False)
   assert not (tmp_path / "run").exists()
   data = _tiny_data(tmp_path / "data.npz")
   with pytest.raises(ValueError, match="snapshot_freq=3 is not a multiple of training.n_jitted_steps=2"):
-    run_lib.setup(tiny_config(data, **{"training.n_jitted_steps": 2, "training.snapshot_freq": 3}))
+    pipeline.setup(tiny_config(data, **{"training.n_jitted_steps": 2, "training.snapshot_freq": 3}))
   with pytest.raises(ValueError, match="sampling.method='euler'"):
-    run_lib.setup(tiny_config(data, **{"sampling.method": "euler"}))
+    pipeline.setup(tiny_config(data, **{"sampling.method": "euler"}))
   with pytest.raises(FileNotFoundError, match="no checkpoints in .*train first"):
-    run_lib.sample(tiny_config(data), tmp_path / "empty", num_samples=2, progress=False)
+    pipeline.sample(tiny_config(data), tmp_path / "empty", num_samples=2, progress=False)
 
 
 def test_launcher_errors_are_clear_and_write_nothing(tmp_path):
@@ -228,16 +216,16 @@ def test_sigkill_at_any_moment_resumes_bit_identically(tmp_path):
   env = _env(tmp_path)
   straight = tmp_path / "straight"
   config = tiny_config(data, **overrides)
-  run_lib.train_and_evaluate(config, straight, progress=False)  # in process: the same compiled step (cache)
+  pipeline.train_and_evaluate(config, straight, progress=False)  # in process: the same compiled step (cache)
   killed = tmp_path / "killed"
-  records = checkpoints.run_with_kills([*base, f"--workdir={killed}", *argv_tail],
+  records = run_with_kills([*base, f"--workdir={killed}", *argv_tail],
                                        [(1, 0.05), (3, 0.3)], env=env, timeout=300, cwd=ROOT)
   assert sum(r["killed"] for r in records) >= 1, records
   assert records[-1]["returncode"] == 0
-  exp = run_lib.setup(config)
-  with run_lib._checkpointer(exp, killed) as a, run_lib._checkpointer(exp, straight) as b:
+  exp = pipeline.setup(config)
+  with pipeline.experiment.checkpointer(exp, killed) as a, pipeline.experiment.checkpointer(exp, straight) as b:
     assert a.latest_step() == b.latest_step() == 6
-    assert checkpoints.tree_differences(a.restore(6), b.restore(6)) == []
+    assert tree_differences(a.restore(6), b.restore(6)) == []
 
 
 # ---- every config of configs/ builds (dry validation) -------------------------------------------------------
@@ -255,7 +243,7 @@ def test_every_experiment_config_passes_dry_validation():
   failures = {}
   for path in EXPERIMENTS:
     try:
-      summary = run_lib.dry_run(configs_loader.load_config(ROOT / path), check_data=False, trace_step=False,
+      summary = pipeline.dry_run(configs_loader.load_config(ROOT / path), check_data=False, trace_step=False,
                                 exp=experiment(path))
       assert summary["n_params"] > 1_000_000
     except Exception as e:  # collect all, report together
@@ -265,20 +253,20 @@ def test_every_experiment_config_passes_dry_validation():
 
 @pytest.mark.parametrize("path", ["configs/ve/ncsnv2/cifar10.py"])  # the cheapest trace; all of them: slow test below
 def test_dry_run_traces_the_train_step(path):
-  summary = run_lib.dry_run(configs_loader.load_config(ROOT / path), check_data=False)
+  summary = pipeline.dry_run(configs_loader.load_config(ROOT / path), check_data=False)
   assert summary["n_devices"] == 1 and summary["parallel"] == "jit"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXPERIMENTS)
 def test_dry_run_traces_every_config(path):
-  run_lib.dry_run(configs_loader.load_config(ROOT / path), check_data=False)
+  pipeline.dry_run(configs_loader.load_config(ROOT / path), check_data=False)
 
 
 @pytest.mark.parametrize("path", ["configs/default_cifar10_configs.py", "configs/default_lsun_configs.py"])
 def test_default_configs_stop_at_the_missing_model(path):
   with pytest.raises(ValueError, match="model.name is not set"):
-    run_lib.dry_run(configs_loader.load_config(ROOT / path), check_data=False, trace_step=False)
+    pipeline.dry_run(configs_loader.load_config(ROOT / path), check_data=False, trace_step=False)
 
 
 # ---- a short real run on CIFAR-10 (slow) ---------------------------------------------------------------------
@@ -298,12 +286,12 @@ def test_small_ncsnpp_on_cifar10_learns(tmp_path):
                "training.snapshot_sampling": False, "optim.lr": 1e-3, "model.ema_rate": 0.99, "eval.batch_size": 16,
                "eval.bpd_num_examples": 16, "eval.bpd_num_repeats": 1}
   config = tiny_config(CIFAR, **overrides)
-  result = run_lib.train_and_evaluate(config, tmp_path, progress=False)
+  result = pipeline.train_and_evaluate(config, tmp_path, progress=False)
   losses = [json.loads(line)["loss"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
   assert result["step"] == 300 and np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2]), losses
-  out = run_lib.sample(config, tmp_path, num_samples=16, progress=False)
+  out = pipeline.sample(config, tmp_path, num_samples=16, progress=False)
   assert (pathlib.Path(out["directory"]) / "grid.png").exists()
-  ev = run_lib.evaluate(config, tmp_path, progress=False)
+  ev = pipeline.evaluate(config, tmp_path, progress=False)
   assert np.isfinite(ev["bpd"]) and ev["bpd_se"] > 0
 
 
@@ -316,7 +304,6 @@ class _CountingFeatures:
   tag = "fake_features"
 
   def __init__(self):
-    from test_eval_pipeline import fake_feature_fn
 
     self.fn, self.images = fake_feature_fn, 0
 
@@ -326,12 +313,10 @@ class _CountingFeatures:
 
 
 def _fid_stats(trained, tmp_path):
-  from test_eval_pipeline import fake_feature_fn
-
   from score_jax import eval as sj_eval
 
   stats = tmp_path / "stats.npz"
-  data_config = sj_eval._data_config("npz", root=str(trained["data"]), image_size=8)
+  data_config = features.data_config("npz", root=str(trained["data"]), image_size=8)
   sj_eval.compute_stats(data_config, "train", fake_feature_fn, str(stats), batch_size=8, save_features=True,
                         progress=False)
   return stats
@@ -350,16 +335,16 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   # without weights: a clear error before any sample is drawn
   monkeypatch.delenv("SCORE_JAX_INCEPTION_WEIGHTS", raising=False)
   with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05"):
-    run_lib.evaluate(tiny_config(trained["data"], **overrides), workdir, progress=False)
+    pipeline.evaluate(tiny_config(trained["data"], **overrides), workdir, progress=False)
   assert not (workdir / "samples").exists()
   config = tiny_config(trained["data"], **overrides, **{"eval.fid_stats": str(stats)})
   features = _CountingFeatures()
   features.feature_dim = 2048  # as the FID Inception states it: the 6-d statistics are refused before sampling
   with pytest.raises(ValueError, match="6-dimensional, but the feature network gives 2048"):
-    run_lib.evaluate(config, workdir, progress=False, feature_fn=features)
+    pipeline.evaluate(config, workdir, progress=False, feature_fn=features)
   assert not (workdir / "samples").exists() and features.images == 0
   features.feature_dim = 6
-  result = run_lib.evaluate(config, workdir, progress=False, feature_fn=features)
+  result = pipeline.evaluate(config, workdir, progress=False, feature_fn=features)
   assert features.images == 8  # two chunks of 4 (the last one padded), each seen once, while sampling
   assert result["num_samples"] == 6 and np.isfinite(result["fid"]) and result["fid"] > 0
   assert np.isfinite(result["inception_score"]) and np.isfinite(result["kid"])
@@ -377,12 +362,12 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   (samples / "samples_0000004.npz").unlink()
   (features_dir / "features_0000004.npz").unlink()
   features.images = 0
-  again = run_lib.evaluate(config, workdir, progress=False, feature_fn=features)
+  again = pipeline.evaluate(config, workdir, progress=False, feature_fn=features)
   assert features.images == 8
   for name in ("fid", "inception_score", "kid"):
     assert again[name] == pytest.approx(result[name], rel=1e-6), name
   features.images = 0
-  assert run_lib.evaluate(config, workdir, progress=False, feature_fn=features)["fid"] == pytest.approx(result["fid"])
+  assert pipeline.evaluate(config, workdir, progress=False, feature_fn=features)["fid"] == pytest.approx(result["fid"])
   assert features.images == 0  # nothing left to compute
   # `python -m score_jax.eval metrics` on the same samples and network reads the features --mode eval stored
   reread = sj_eval.sample_metrics(samples, features, stats=str(stats), reference_features=reference, progress=False)
@@ -403,45 +388,43 @@ def test_eval_of_every_checkpoint(trained, tmp_path, caplog):
   config = tiny_config(trained["data"], **overrides)
   features = _CountingFeatures()
   with caplog.at_level("WARNING"):
-    everything = run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
+    everything = pipeline.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
   assert everything["checkpoints"] == ["step_4"] and everything["skipped_corrupt"] == [8]
   assert any("skipping corrupt checkpoint" in r.message for r in caplog.records)
   single = json.loads((workdir / "eval" / "step_4.json").read_text())
   assert single["fid"] == pytest.approx(everything["results"][0]["fid"]) and np.isfinite(single["loss"])
   features.images = 0
-  again = run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
+  again = pipeline.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
   assert again["reused"] == 1 and again["evaluated"] == 0 and features.images == 0
   # other statistics written at the same path: evaluated anew (the samples and their features are reused)
   with np.load(stats) as f:
     content = {name: f[name] for name in f.files}
   stats.unlink()
   np.savez(stats, **{**content, "mu": content["mu"] + 1.0})
-  moved = run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
+  moved = pipeline.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=features)
   assert moved["evaluated"] == 1 and features.images == 0
   assert moved["results"][0]["fid"] != pytest.approx(single["fid"], rel=1e-3)  # against the new statistics
   # another feature network (another tag): evaluated anew, with its own features
   other = _CountingFeatures()
   other.tag = "other_features"
-  assert run_lib.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=other)["evaluated"] == 1
+  assert pipeline.evaluate(config, workdir, checkpoint="all", progress=False, feature_fn=other)["evaluated"] == 1
   assert other.images > 0
   # other settings: evaluated anew
   changed = tiny_config(trained["data"], **{**overrides, "eval.enable_loss": False})
-  assert run_lib.evaluate(changed, workdir, checkpoint="all", progress=False, feature_fn=features)["evaluated"] == 1
+  assert pipeline.evaluate(changed, workdir, checkpoint="all", progress=False, feature_fn=features)["evaluated"] == 1
   with pytest.raises(ValueError, match="applies to --mode eval"):
-    run_lib.sample(config, workdir, checkpoint="all", num_samples=2, progress=False)
+    pipeline.sample(config, workdir, checkpoint="all", num_samples=2, progress=False)
 
 
 @pytest.mark.slow  # 10 s; the ablation command is tested on the 2-D default in tests/test_toy_launcher.py
 def test_ablate_on_an_image_model(trained, tmp_path):
   """The ablation command on the tiny NCSN++: two fast samplers, FID / IS / KID from a stand-in feature
   network, the table and the plots."""
-  from test_eval_pipeline import fake_feature_fn
-
   from score_jax import ablate
   from score_jax import eval as sj_eval
 
   stats = tmp_path / "stats.npz"
-  data_config = sj_eval._data_config("npz", root=str(trained["data"]), image_size=8)
+  data_config = features.data_config("npz", root=str(trained["data"]), image_size=8)
   sj_eval.compute_stats(data_config, "train", fake_feature_fn, str(stats), batch_size=8, save_features=True,
                         progress=False)
   config = tiny_config(trained["data"], **{"eval.fid_stats": str(stats)})

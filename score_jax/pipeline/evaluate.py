@@ -1,0 +1,162 @@
+"""``--mode eval``: the evaluators of :mod:`score_jax.pipeline.evaluators` on one checkpoint or on every one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import re
+import time
+from typing import Any, Sequence
+
+import ml_collections
+
+from score_jax import builders, checkpoints, datasets, features, fileio
+from score_jax.pipeline import experiment
+from score_jax.pipeline.evaluators import bpd as bpd_evaluator
+from score_jax.pipeline.evaluators import classifier as classifier_evaluator
+from score_jax.pipeline.evaluators import loss as loss_evaluator
+from score_jax.pipeline.evaluators import samples as samples_evaluator
+from score_jax.pipeline.training import check_labelled
+from score_jax.pipeline.writer import MetricWriter
+
+__all__ = ["evaluate", "evaluate_all", "eval_settings", "write_eval"]
+
+log = logging.getLogger("score_jax")
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,
+             progress: bool = True, feature_fn=None) -> dict:
+  """Test-set loss, bits/dim and sample metrics of a checkpoint's EMA parameters (``--mode eval``).
+
+  - ``eval.enable_loss``: :mod:`score_jax.pipeline.evaluators.loss` on the evaluation split (CIFAR-10 / SVHN
+    test, CelebA / LSUN validation).
+  - ``eval.enable_bpd``: :mod:`score_jax.pipeline.evaluators.bpd` on ``eval.bpd_dataset``.
+  - ``eval.enable_sampling``: :mod:`score_jax.pipeline.evaluators.samples`: ``eval.num_samples`` samples drawn as
+    by ``--mode sample``, with their features extracted as they are drawn, then FID against ``eval.fid_stats``
+    (when set), Inception Score and, when the stats file holds ``pool_3`` features, KID, with the FID Inception
+    weights of ``eval.inception_weights`` (``feature_fn`` replaces the network, e.g. in tests). The weights and
+    the statistics are checked before any sample is drawn.
+
+  ``eval.bpd_num_examples`` (0 = all) limits loss and bits/dim to the first examples of the split. The result
+  is written, with the settings it depends on, to ``workdir/eval/<checkpoint>.json`` and TensorBoard, and
+  returned. ``checkpoint='all'`` evaluates every checkpoint of ``workdir`` (:func:`evaluate_all`). A classifier
+  config reports test accuracy instead (:mod:`score_jax.pipeline.evaluators.classifier`).
+  """
+  if checkpoint == experiment.ALL_CHECKPOINTS:
+    return evaluate_all(config, workdir, progress=progress, feature_fn=feature_fn)
+  if builders.is_classifier(config):
+    return _evaluate_classifier(config, workdir, checkpoint=checkpoint, progress=progress)
+  exp = experiment.setup(config)
+  e = config.eval
+  enable_loss, enable_bpd = bool(e.get("enable_loss", True)), bool(e.get("enable_bpd", False))
+  enable_sampling = bool(e.get("enable_sampling", False))
+  if not (enable_loss or enable_bpd or enable_sampling):
+    raise ValueError("nothing to evaluate: set eval.enable_loss, eval.enable_bpd and/or eval.enable_sampling to True.")
+  reference = samples_evaluator.prepare(config, feature_fn) if enable_sampling else None  # before any work
+  eval_ds = datasets.get_dataset(config, "eval", num_threads=4) if enable_loss else None
+  bpd_split = "train" if e.get("bpd_dataset", "test") == "train" else "eval"
+  if enable_bpd:
+    datasets.get_dataset(config, bpd_split, num_threads=1)  # fail on missing data before loading anything
+  params, tag, step = experiment.load_params(exp, workdir, checkpoint)
+  experiment.announce(experiment.summary_line(exp, "eval", f"checkpoint {tag}", batch_size=e.batch_size))
+  result: dict[str, Any] = dict(checkpoint=tag, step=step)
+  t0 = time.time()
+  if enable_loss:
+    result.update(loss_evaluator.run(exp, params, eval_ds, progress=progress))
+  if enable_bpd:
+    result.update(bpd_evaluator.run(exp, params, bpd_split, progress=progress))
+  if reference is not None:
+    result.update(samples_evaluator.run(exp, params, tag, workdir, reference, progress=progress))
+  result["seconds"] = time.time() - t0
+  write_eval(config, workdir, result, ("loss", "bpd", "fid", "inception_score", "kid"),
+             reference.feature_fn if reference is not None else None)
+  return result
+
+
+def _evaluate_classifier(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None,
+                         progress: bool) -> dict:
+  exp = experiment.setup(config)
+  if checkpoint not in (None, "", "latest") and not re.fullmatch(r"\d+", str(checkpoint)):
+    raise ValueError(f"--checkpoint={checkpoint!r}: a classifier is evaluated from a step of its own --workdir "
+                     "(converted original classifier checkpoints are not supported).")
+  ds = datasets.get_dataset(config, "eval", num_threads=4)
+  check_labelled(exp, ds, "evaluation split")
+  params, tag, step = experiment.load_params(exp, workdir, checkpoint)
+  experiment.announce(experiment.summary_line(exp, "eval", f"checkpoint {tag}", batch_size=config.eval.batch_size))
+  t0 = time.time()
+  result: dict[str, Any] = dict(checkpoint=tag, step=step)
+  result.update(classifier_evaluator.run(exp, params, ds, progress=progress))
+  result["seconds"] = time.time() - t0
+  write_eval(config, workdir, result, ("accuracy", "loss"))
+  return result
+
+
+def eval_settings(config: ml_collections.ConfigDict, feature_fn=None) -> dict:
+  """What an evaluation's numbers depend on besides the checkpoint (recorded with them; see :func:`evaluate_all`).
+
+  Besides the config sections: with ``feature_fn`` (sample metrics) its tag (the weights' sha256 for the FID
+  Inception, wherever the weights were found) and the sha256 of the ``eval.fid_stats`` file, so that new weights
+  or statistics rewritten at the same path count as other settings.
+  """
+  settings = dict(seed=int(config.seed), eval=config.eval.to_dict(), sampling=config.sampling.to_dict(),
+                  data=config.data.to_dict())
+  if feature_fn is not None:
+    settings["features"] = features.feature_tag(feature_fn)
+    stats = config.eval.get("fid_stats", "") or ""
+    if stats:
+      settings["fid_stats_sha256"] = fileio.sha256_file(stats)
+  return json.loads(json.dumps(settings))
+
+
+def write_eval(config: ml_collections.ConfigDict, workdir, result: dict, scalars: Sequence[str],
+               feature_fn=None) -> None:
+  """``result`` with its settings to ``workdir/eval/<checkpoint>.json``, and ``scalars`` of it to TensorBoard."""
+  result["settings"] = eval_settings(config, feature_fn)
+  with MetricWriter(workdir) as writer:
+    if not writer.enabled:
+      return
+    out = pathlib.Path(workdir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(str(out / f"{result['checkpoint']}.json"), result)
+    writer.scalars(result["step"] or 0, {f"eval/{k}": result[k] for k in scalars if k in result})
+
+
+def evaluate_all(config: ml_collections.ConfigDict, workdir, *, progress: bool = True, feature_fn=None) -> dict:
+  """:func:`evaluate` of every checkpoint in ``workdir`` (``--checkpoint=all``), oldest first.
+
+  The original evaluates its checkpoints ``eval.begin_ckpt`` to ``eval.end_ckpt`` in one job; here every
+  checkpoint present is evaluated, each into its own ``eval/step_<N>.json`` and TensorBoard at its step (a
+  curve of loss / bits/dim / FID over training). A checkpoint whose JSON already holds the same settings
+  (:func:`eval_settings`) is not evaluated again, and sampling resumes within a checkpoint, so a killed job
+  restarts where it stopped. Corrupt checkpoints are skipped with a warning.
+  """
+  exp = experiment.setup(config)
+  directory = pathlib.Path(workdir) / checkpoints.SUBDIR
+  all_flag = experiment.ALL_CHECKPOINTS
+  if not directory.is_dir():
+    raise FileNotFoundError(f"--checkpoint={all_flag}: no checkpoints in {directory}; train first (--mode train).")
+  with experiment.checkpointer(exp, workdir) as ckpts:
+    steps = ckpts.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"--checkpoint={all_flag}: no checkpoints in {directory}; train first.")
+  sampling = bool(config.eval.get("enable_sampling", False)) and not builders.is_classifier(config)
+  if feature_fn is None and sampling:  # loaded once for all checkpoints
+    feature_fn = features.inception_feature_fn(samples_evaluator.inception_weights(config))
+  settings = eval_settings(config, feature_fn if sampling else None)  # as evaluate() records them
+  results, reused, skipped = [], 0, []
+  for step in steps:
+    saved = pathlib.Path(workdir) / "eval" / f"step_{step}.json"
+    if saved.exists():
+      found = json.loads(saved.read_text())
+      if found.get("settings") == settings:
+        results.append(found)
+        reused += 1
+        continue
+    try:
+      results.append(evaluate(config, workdir, checkpoint=str(step), progress=progress, feature_fn=feature_fn))
+    except checkpoints.CheckpointCorruptError as e:
+      log.warning("skipping corrupt checkpoint %s: %s", directory / str(step), e)
+      skipped.append(step)
+  return dict(checkpoints=[r["checkpoint"] for r in results], evaluated=len(results) - reused, reused=reused,
+              skipped_corrupt=skipped, results=results)

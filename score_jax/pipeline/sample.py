@@ -1,0 +1,115 @@
+"""``--mode sample``: samples of a checkpoint in resumable chunks, with their features when asked."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from score_jax import builders, fileio, randomness, validation
+from score_jax.pipeline import experiment, store
+from score_jax.pipeline.experiment import Experiment
+
+__all__ = ["sample", "draw_samples", "sample_meta"]
+
+
+def sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
+  """What a sample directory's samples depend on (``meta.json``; a resume must match it)."""
+  c = exp.config
+  meta = dict(checkpoint=tag, seed=int(c.seed), sampling=c.sampling.to_dict(), model=c.model.to_dict(),
+              image_shape=list(exp.image_shape), centered=bool(c.data.centered), chunk=chunk)
+  return json.loads(json.dumps(meta))  # as it reads back from meta.json (tuples become lists)
+
+
+def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,
+           num_samples: int | None = None, progress: bool = True, feature_fn=None) -> dict:
+  """Draw ``num_samples`` (default ``eval.num_samples``) samples with ``sampling.*`` (``--mode sample``).
+
+  Samples are drawn in chunks of ``eval.batch_size`` and each chunk is saved (uint8 ``[n, H, W, C]`` in
+  ``samples_<start>.npz``, written atomically) as soon as it is done, so a killed run resumes at the first
+  missing chunk. Sample ``i`` draws its noise from ``fold_in(key, i)``: with the predictor-only or
+  ``sampling.snr_reduction='per_example'`` PC samplers the samples do not depend on the chunk size or the
+  device count; the original's Langevin step size (``snr_reduction='batch'``) averages gradient norms over
+  the chunk, and the ODE sampler picks one step size per chunk, so there they change within those
+  tolerances (the chunk size is recorded in ``meta.json`` and a resume must use the same one).
+
+  With ``feature_fn`` (a :data:`score_jax.features.FeatureFn`, e.g. the FID Inception-v3), each chunk's features
+  are extracted on the fly from its uint8 images as soon as the chunk exists, and saved beside it
+  (:mod:`score_jax.pipeline.store`), so a restart recomputes neither samples nor features, and the metrics
+  need no second pass over the images (:func:`score_jax.pipeline.store.load_features`).
+
+  Args:
+    checkpoint: None (newest), a step, or a converted original checkpoint (see
+      :func:`score_jax.pipeline.experiment.load_params`).
+
+  Returns:
+    a summary with the output directory, the number of samples and chunks, the NFE per sample, and with
+    ``feature_fn`` the features directory and the number of feature chunks written.
+  """
+  if builders.is_classifier(config):
+    raise ValueError("--mode sample needs a score-model config; a classifier config (with a 'classifier' section) has "
+                     "nothing to sample.")
+  exp = experiment.setup(config)
+  num = validation.check_int(num_samples or config.eval.num_samples, "num_samples (eval.num_samples)")
+  params, tag, _ = experiment.load_params(exp, workdir, checkpoint)
+  return draw_samples(exp, params, tag, workdir, num, progress=progress, feature_fn=feature_fn)
+
+
+def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progress: bool, feature_fn) -> dict:
+  """:func:`sample` with the parameters loaded (``tag`` names their checkpoint)."""
+  config = exp.config
+  chunk = int(config.eval.batch_size)
+  out = pathlib.Path(workdir) / "samples" / f"{tag}_{config.sampling.method}"
+  meta = sample_meta(exp, tag, chunk)
+  meta_path = out / "meta.json"
+  if meta_path.exists():
+    found = json.loads(meta_path.read_text())
+    changed = sorted(k for k in set(meta) | set(found) if meta.get(k) != found.get(k))
+    if changed:
+      raise ValueError(f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); use another "
+                       f"--workdir or move that folder away. Nothing was overwritten.")
+  is_main = jax.process_index() == 0  # one host writes the chunks (and extracts their features)
+  if is_main:
+    out.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(str(meta_path), meta)
+  experiment.announce(experiment.summary_line(
+      exp, "sample", f"{num} samples in chunks of {chunk} with {config.sampling.method} | {out}", batch_size=chunk))
+  folder = None
+  if feature_fn is not None and is_main:
+    folder = store.features_folder(out, feature_fn)
+    folder.mkdir(exist_ok=True)
+  key = exp.key(randomness.SAMPLE)
+  sample_fn = None
+  written = reused = features_written = 0
+  nfe = None
+  t0 = time.time()
+  for start in tqdm(range(0, num, chunk), desc="sample", unit="chunk", disable=not progress):
+    count = min(chunk, num - start)
+    path = store.chunk_path(out, start)
+    images = None
+    if store.valid_chunk(path, count, exp.image_shape):
+      reused += 1
+    else:
+      if sample_fn is None:
+        sample_fn = experiment.make_sample_fn(exp, chunk)
+      x, nfe_chunk = sample_fn(params, key, start)
+      images = experiment.to_uint8(exp, x)[:count]
+      nfe = int(nfe_chunk)
+      if is_main:
+        fileio.savez(str(path), images=images, index=np.arange(start, start + count))
+      written += 1
+    if folder is not None:
+      features_written += store.chunk_features(folder, start, count, path, images, feature_fn,
+                                               batch_size=min(chunk, store.FEATURE_BATCH))
+  if is_main:
+    fileio.save_png(str(out / "grid.png"), fileio.image_grid(store.load_samples(out, limit=experiment.GRID_MAX)))
+  result = dict(directory=str(out), num_samples=num, chunks_written=written, chunks_reused=reused,
+                nfe_per_sample=nfe, seconds=time.time() - t0)
+  if folder is not None:
+    result.update(features=str(folder), feature_chunks_written=features_written)
+  return result
