@@ -149,19 +149,27 @@ def guided_score_fn(score_fn, log_prob_grad_fn, labels: Array, scale: float = 1.
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def _read_npz_array(path: pathlib.Path, name: str) -> np.ndarray:
+  """The array ``name`` of the .npz at ``path`` (the file given as ``--<name>``)."""
+  with np.load(path) as f:
+    if name not in f.files:
+      raise ValueError(f"{path} has no {name!r} array (found {f.files}).")
+    return f[name]
+
+
+def _check_exists(path: str, flag: str) -> None:
+  if not pathlib.Path(path).exists():
+    raise FileNotFoundError(f"--{flag} {path!r} does not exist.")
+
+
 def _read_images(path: str, image_shape) -> np.ndarray:
   """uint8 ``[N, H, W, C]`` from an .npz (``images``), an image file, or a folder of image files."""
   from PIL import Image
 
+  _check_exists(path, "images")
   p = pathlib.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"--images {path!r} does not exist.")
-  if p.suffix == ".npz":
-    with np.load(p) as f:
-      if "images" not in f.files:
-        raise ValueError(f"{path} has no 'images' array (found {f.files}).")
-      images = f["images"]
-  else:
+  images = _read_npz_array(p, "images") if p.suffix == ".npz" else None
+  if images is None:
     files = sorted(q for q in p.iterdir() if q.suffix.lower() in _IMAGE_SUFFIXES) if p.is_dir() else [p]
     if not files:
       raise ValueError(f"no {'/'.join(_IMAGE_SUFFIXES)} files in {path}.")
@@ -180,15 +188,10 @@ def _read_masks(path: str, n: int, image_shape) -> np.ndarray:
   """float ``[N, H, W, 1]`` of 1 (known) / 0 from an .npz (``masks``) or an image (nonzero = known)."""
   from PIL import Image
 
+  _check_exists(path, "masks")
   p = pathlib.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"--masks {path!r} does not exist.")
-  if p.suffix == ".npz":
-    with np.load(p) as f:
-      if "masks" not in f.files:
-        raise ValueError(f"{path} has no 'masks' array (found {f.files}).")
-      masks = f["masks"]
-  else:
+  masks = _read_npz_array(p, "masks") if p.suffix == ".npz" else None
+  if masks is None:
     masks = np.asarray(Image.open(p).convert("L"))
   masks = (np.asarray(masks) != 0).astype(np.float32)
   if masks.ndim == 2:
