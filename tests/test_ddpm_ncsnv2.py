@@ -332,7 +332,8 @@ def test_group_norm_check_only_applies_to_group_norm():
   config = _small_config("ddpm")
   config.model.nf = 16
   config.model.normalization = "InstanceNorm++"
-  builders.build_model(config)
+  model = builders.build_model(config)  # nf=16 is no multiple of GroupNorm's 32 groups: refused only for GroupNorm
+  assert model.normalization == "InstanceNorm++" and model.nf == 16
 
 
 def test_bad_labels_and_images_are_rejected():
