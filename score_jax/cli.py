@@ -226,6 +226,9 @@ class ArgumentParser(argparse.ArgumentParser):
                       help=f"{help}; any field is then set with --config.section.field=value")
 
   def add_subparsers(self, **kwargs):
+    """Subcommands; make the top-level parser with ``common_flags=False`` so that each subcommand has them."""
+    if "--traceback" in self._option_string_actions:
+      raise TypeError("a parser with subcommands is made with common_flags=False (the subcommands take them)")
     kwargs.setdefault("parser_class", _SubParser)
     return super().add_subparsers(**kwargs)
 
@@ -302,8 +305,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class _SubParser(ArgumentParser):
+  """A subcommand's parser: the one that takes --traceback / --verbose when the top-level parser was made with
+  ``common_flags=False`` (argparse would let a subcommand's defaults overwrite the top level's values)."""
+
   def __init__(self, *args, **kwargs):
-    kwargs.setdefault("common_flags", False)  # the top-level parser has them
+    kwargs.setdefault("common_flags", True)
     super().__init__(*args, **kwargs)
 
 
@@ -387,15 +393,21 @@ def run(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence[str]
   """Parse ``argv`` with ``parser`` and run ``main_fn(args)``; returns the exit code.
 
   Before anything else, the CPU default of :mod:`score_jax.xla_cpu` is applied (JAX reads ``XLA_FLAGS``
-  when it creates its backend, which no entry point does before this). Usage errors exit 2 (SystemExit,
-  from the parser); expected errors (:func:`expected_message`) print one ``score_jax: error:`` line and
-  return 1, or propagate with ``--traceback``; anything else propagates with its traceback.
+  when it creates its backend, which no entry point does before this). Usage errors exit 2 (SystemExit
+  from the parser; a :class:`UsageError` raised by ``main_fn`` returns 2); expected errors
+  (:func:`expected_message`) print one ``score_jax: error:`` line and return 1, or propagate with
+  ``--traceback``; anything else propagates with its traceback.
   """
   xla_cpu.apply()
   args = parser.parse_args(argv)
   _set_logging(bool(getattr(args, "verbose", False)))
   try:
     code = main_fn(args)
+  except UsageError as e:  # found by main_fn before any work (e.g. an output that exists): as a parse error
+    if getattr(args, "traceback", False):
+      raise
+    print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr, flush=True)
+    return 2
   except Exception as e:  # noqa: BLE001 -- sorted by expected_message; the rest is re-raised
     message = expected_message(e)
     if message is None or getattr(args, "traceback", False):
