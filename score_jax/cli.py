@@ -298,8 +298,14 @@ class ArgumentParser(argparse.ArgumentParser):
   def parse_args(self, args=None, namespace=None):
     namespace, extras = self.parse_known_args(args, namespace)
     if extras:
-      hint = ("config fields are set as --config.section.field=value" if any(a.startswith("-") for a in extras)
-              else "this command takes no such argument")
+      flag = next((a.partition("=")[0] for a in extras if a.startswith("-")), None)
+      close = difflib.get_close_matches(flag, list(self._option_string_actions), n=2) if flag else []
+      if close:
+        hint = f"did you mean {' or '.join(close)}?"
+      elif flag:
+        hint = "config fields are set as --config.section.field=value"
+      else:
+        hint = "this command takes no such argument"
       self.error(f"unrecognized arguments: {' '.join(extras)}; {hint}")
     return namespace
 
