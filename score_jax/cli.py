@@ -265,7 +265,7 @@ class ArgumentParser(argparse.ArgumentParser):
           on = parse_bool(value, name)
         except UsageError as e:
           self.error(str(e))
-        rest.append(name if on == (name in self._bools) else self._opposite(name))
+        rest.append(name if on else self._opposite(name))  # --noflag=false is --flag
       else:
         rest.append(arg)
       i += 1
@@ -279,6 +279,8 @@ class ArgumentParser(argparse.ArgumentParser):
   def parse_known_args(self, args=None, namespace=None):
     argv = list(sys.argv[1:] if args is None else args)
     argv, overrides = self._split(argv)
+    if self._subparsers is None:  # an unknown flag first: a typo'd required flag would read as a missing one
+      self._check_flags(argv)
     namespace, extras = super().parse_known_args(argv, namespace)
     if self._config_flag:
       path = getattr(namespace, "config", None)
@@ -294,6 +296,17 @@ class ArgumentParser(argparse.ArgumentParser):
         namespace.config_path = path
         namespace.config = config
     return namespace, extras
+
+  def _check_flags(self, argv: list[str]) -> None:
+    for arg in argv:
+      if arg == "--":
+        return
+      name = arg.partition("=")[0]
+      if name.startswith("--") and name not in self._option_string_actions:
+        close = difflib.get_close_matches(name, list(self._option_string_actions), n=2)
+        hint = (f"did you mean {' or '.join(close)}?" if close else
+                "config fields are set as --config.section.field=value")
+        self.error(f"unrecognized argument {arg}; {hint}")
 
   def parse_args(self, args=None, namespace=None):
     namespace, extras = self.parse_known_args(args, namespace)

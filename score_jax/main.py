@@ -64,9 +64,9 @@ def _main(args) -> None:
   if not (args.mode == "train" and args.dry_run):
     cli.check_output_dir(args.workdir, "--workdir")  # before any heavy import
   if config.data.dataset in TOY_DATASETS:
+    os.makedirs(args.workdir, exist_ok=True)  # a full disk fails here, before JAX loads
     from score_jax import toy
 
-    os.makedirs(args.workdir, exist_ok=True)
     result = toy.run(config, args.workdir, args.mode, progress=args.progress)
   else:
     result = _run_images(config, args)
