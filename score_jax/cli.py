@@ -174,6 +174,8 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   except SyntaxError as e:
     where = f"{e.filename or path}:{e.lineno}" if e.lineno else path
     raise UsageError(f"--config {where}: syntax error ({e.msg}), fix the config file") from None
+  except ImportError as e:
+    raise UsageError(f"--config {path}: {_one_line(e)}, check the imports of the config file") from None
   except AttributeError as e:
     raise UsageError(f"{_one_line(e)} A config file defines get_config() returning an ml_collections "
                      "ConfigDict.") from None
@@ -201,14 +203,23 @@ class ArgumentParser(argparse.ArgumentParser):
     kwargs.setdefault("allow_abbrev", False)  # as absl: a flag is spelled out
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
     common = kwargs.pop("common_flags", True)
+    self._flags: set[str] = set()  # every option string, for "did you mean" (argparse adds --help in __init__)
     super().__init__(*args, **kwargs)
     self._bools: dict[str, str] = {}  # '--name' -> '--noname'
     self._config_flag = False
+    self._has_subcommands = False
     if common:
+      self.add_argument("--helpshort", "--helpfull", action="help", help=argparse.SUPPRESS)  # absl's spellings
+      self._flags -= {"--helpshort", "--helpfull"}  # never suggested
       self.add_bool("traceback", False, "Show the Python traceback of an expected error (bad input, missing files).")
       self.add_bool("verbose", False, "Also show the INFO logs of absl, orbax and JAX.")
 
   # ---- definitions
+
+  def add_argument(self, *args, **kwargs):
+    action = super().add_argument(*args, **kwargs)
+    self._flags.update(action.option_strings)
+    return action
 
   def add_bool(self, name: str, default: bool, help: str, false_aliases: Sequence[str] = ()) -> None:
     """A boolean flag: ``--name``, ``--noname``, ``--name=true/false/1/0`` (and ``false_aliases``)."""
@@ -227,8 +238,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
   def add_subparsers(self, **kwargs):
     """Subcommands; make the top-level parser with ``common_flags=False`` so that each subcommand has them."""
-    if "--traceback" in self._option_string_actions:
+    if "--traceback" in self._flags:
       raise TypeError("a parser with subcommands is made with common_flags=False (the subcommands take them)")
+    self._has_subcommands = True
     kwargs.setdefault("parser_class", _SubParser)
     return super().add_subparsers(**kwargs)
 
@@ -279,7 +291,7 @@ class ArgumentParser(argparse.ArgumentParser):
   def parse_known_args(self, args=None, namespace=None):
     argv = list(sys.argv[1:] if args is None else args)
     argv, overrides = self._split(argv)
-    if self._subparsers is None:  # an unknown flag first: a typo'd required flag would read as a missing one
+    if not self._has_subcommands:  # an unknown flag first: a typo'd required flag would read as a missing one
       self._check_flags(argv)
     namespace, extras = super().parse_known_args(argv, namespace)
     if self._config_flag:
@@ -302,8 +314,8 @@ class ArgumentParser(argparse.ArgumentParser):
       if arg == "--":
         return
       name = arg.partition("=")[0]
-      if name.startswith("--") and name not in self._option_string_actions:
-        close = difflib.get_close_matches(name, list(self._option_string_actions), n=2)
+      if name.startswith("--") and name not in self._flags:
+        close = difflib.get_close_matches(name, list(self._flags), n=2)
         hint = (f"did you mean {' or '.join(close)}?" if close else
                 "config fields are set as --config.section.field=value")
         self.error(f"unrecognized argument {arg}; {hint}")
@@ -312,7 +324,7 @@ class ArgumentParser(argparse.ArgumentParser):
     namespace, extras = self.parse_known_args(args, namespace)
     if extras:
       flag = next((a.partition("=")[0] for a in extras if a.startswith("-")), None)
-      close = difflib.get_close_matches(flag, list(self._option_string_actions), n=2) if flag else []
+      close = difflib.get_close_matches(flag, list(self._flags), n=2) if flag else []
       if close:
         hint = f"did you mean {' or '.join(close)}?"
       elif flag:
