@@ -376,3 +376,20 @@ def test_documented_commands_parse(module, argv, monkeypatch):
 def test_the_docs_have_commands_of_every_entry_point():
   documented = {p.values[0] for p in _documented_commands()}
   assert documented == set(ENTRY_POINTS), documented
+
+
+_NO_JAX_PROBE = """
+import sys
+from score_jax import main
+try:
+  main.main(["--config", "configs/toy/gmm2d.py", "--workdir", "w", "--config.training.n_iter=3"])
+except SystemExit as e:
+  print(e.code, "jax" in sys.modules)
+"""
+
+
+def test_the_launcher_rejects_a_bad_command_line_before_importing_jax():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _NO_JAX_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+  assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]
