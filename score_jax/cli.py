@@ -52,8 +52,11 @@ TRUE, FALSE = ("true", "1", "yes", "t", "y"), ("false", "0", "no", "f", "n")
 # Errors of the input or of the environment, not of the code: one line, no traceback.
 EXPECTED = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError, FloatingPointError, errors.UserError)
-_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-                errno.EDQUOT: "the disk quota is exceeded"}
+_DISK_ERRNOS = {  # errno: (what happened, what to do)
+    errno.ENOSPC: ("the disk is full", "free space or write elsewhere"),
+    errno.EROFS: ("the file system is read-only", "choose a writable path"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space or write elsewhere"),
+}
 _QUIET_LOGGERS = ("absl", "orbax", "jax", "etils", "tensorflow")  # their INFO lines only with --verbose
 
 
@@ -361,7 +364,7 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--workdir") -> None:
     raise NotADirectoryError(errno.ENOTDIR, f"{flag} {path}: {existing} is a file, not a directory; choose "
                              f"another {flag}", existing)
   if os.statvfs(existing).f_flag & os.ST_RDONLY:
-    raise OSError(errno.EROFS, f"Read-only file system ({flag} {path})", existing)
+    raise OSError(errno.EROFS, f"{flag} {path} is on a read-only file system", existing)
   if not os.access(existing, os.W_OK):
     raise PermissionError(errno.EACCES, f"{flag} {path}: {existing} is not writable; choose another {flag}",
                           existing)
@@ -386,9 +389,10 @@ def _raised_by_config(e: BaseException) -> bool:
 def expected_message(e: BaseException) -> str | None:
   """The one-line message of an expected error, or None if ``e`` is a bug (keep its traceback)."""
   if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+    what, remedy = _DISK_ERRNOS[e.errno]
     where = _filename(e)
-    return _one_line(f"{_DISK_ERRNOS[e.errno]}{f' writing {where}' if where else ''} ({e.strerror}); free space "
-                     "or choose a writable --workdir / output path")
+    return _one_line(f"{what}{f' at {where}' if where else ''} ({e.strerror}); {remedy} (the --workdir or output "
+                     "path)")
   if isinstance(e, NotADirectoryError):
     if e.strerror and "choose another" in e.strerror:  # from check_output_dir
       return _one_line(e.strerror)
