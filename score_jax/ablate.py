@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import builders, fileio, randomness, validation
+from score_jax import builders, cli, fileio, randomness, validation
 
 __all__ = ["parse_grid", "make_cells", "run_ablation", "main"]
 
@@ -451,58 +451,43 @@ def _samples_figure(out: pathlib.Path, cells, rows, target) -> None:
 
 # ---- command line --------------------------------------------------------------------------------------------
 
-FLAGS = None  # absl flags, defined by run() so that importing this module defines none
+def parser() -> cli.ArgumentParser:
+  """The flags of ``python -m score_jax.ablate`` (absl spellings, as before)."""
+  p = cli.ArgumentParser(prog="python -m score_jax.ablate", description=__doc__.split("\n\n")[0], epilog=__doc__)
+  p.add_config(help="path to the ml-collections config of the run in --workdir")
+  p.add_argument("--workdir", required=True, help="launcher run directory whose latest checkpoint is used")
+  p.add_argument("--out", required=True, help="output directory for results.csv, results.md, the plots and cells/")
+  p.add_argument("--num_samples", type=int, required=True, help="samples per cell")
+  p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                 help="a sampling.* field and its values (repeatable)")
+  p.add_argument("--batch_size", type=int, default=None, help="samples per batch (default: eval.batch_size)")
+  p.add_argument("--checkpoint", default=None, help="image models: a step or a converted original checkpoint "
+                 "directory")
+  p.add_bool("progress", True, "Show progress bars.")
+  return p
 
 
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "Path to the ml-collections config of the run in --workdir.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Launcher run directory whose latest checkpoint is used.")
-  flags.DEFINE_string("out", None, "Output directory for results.csv, results.md, the plots and cells/.")
-  flags.DEFINE_integer("num_samples", None, "Samples per cell.")
-  flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: a sampling.* field and its values (repeatable).")
-  flags.DEFINE_integer("batch_size", None, "Samples per batch (default: eval.batch_size).")
-  flags.DEFINE_string("checkpoint", None, "Image models: a step or a converted original checkpoint directory.")
-  flags.DEFINE_bool("progress", True, "Show progress bars.")
-  flags.DEFINE_bool("traceback", False, "Show the Python traceback of errors in the input.")
-  flags.mark_flags_as_required(["config", "workdir", "out", "num_samples"])
-  return flags.FLAGS
-
-
-def main(argv):
-  from absl import app
-
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}; config fields are set as --config.section.field=value.")
-  logging.getLogger().setLevel(logging.INFO)
-  f = FLAGS
-  command = "python -m score_jax.ablate " + " ".join(a for a in sys.argv[1:] if not a.startswith("--progress"))
-  try:
-    result = run_ablation(f.config, f.workdir, f.out, f.grid, num_samples=f.num_samples, batch_size=f.batch_size,
-                          checkpoint=f.checkpoint, progress=f.progress, command=command)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    if f.traceback:
-      raise
-    print(f"score_jax.ablate: error: {e}\n(--traceback shows where it was raised)", file=sys.stderr, flush=True)
-    sys.exit(1)
+def _main(args, argv: list[str]) -> None:
+  if not os.path.isdir(args.workdir):
+    raise FileNotFoundError(f"--workdir {args.workdir} is not a directory; give the run directory that python -m "
+                            "score_jax.main trained.")
+  cli.check_output_dir(args.out, "--out")
+  command = "python -m score_jax.ablate " + " ".join(a for a in argv if not a.startswith("--progress"))
+  result = run_ablation(args.config, args.workdir, args.out, args.grid, num_samples=args.num_samples,
+                        batch_size=args.batch_size, checkpoint=args.checkpoint, progress=args.progress,
+                        command=command)
   print((pathlib.Path(result["out"]) / "results.md").read_text())
   print(f"{result['cells_computed']} cells computed, {result['cells_reused']} reused; {result['out']}")
 
 
+def main(argv=None) -> int:
+  """``python -m score_jax.ablate`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  return cli.run(lambda args: _main(args, argv), argv, parser=parser())
+
+
 def run():
-  from absl import app
-
-  from score_jax import configs_loader
-
-  global FLAGS
-  FLAGS = _define_flags()
-  configs_loader.make_importable_from_argv(sys.argv)
-  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
-    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
-  app.run(main)
+  raise SystemExit(main())
 
 
 if __name__ == "__main__":

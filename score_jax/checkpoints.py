@@ -53,6 +53,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from score_jax.errors import UserError
+
 __all__ = [
     "Checkpointer", "CheckpointCorruptError", "install_sigterm_handler", "should_stop", "request_stop",
 ]
@@ -73,7 +75,7 @@ _MAX_LISTED = 5  # mismatches named in an error message
 _TREE_MISMATCH = ("Structure mismatch", "tree structures do not match")
 
 
-class CheckpointCorruptError(RuntimeError):
+class CheckpointCorruptError(RuntimeError, UserError):
   """A checkpoint directory that is partial, truncated or unreadable."""
 
 

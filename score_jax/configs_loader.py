@@ -1,11 +1,11 @@
 """Loading config files by path from any working directory.
 
 The image configs import their shared defaults the way the original does
-(``from configs.default_cifar10_configs import get_default_configs``). ml-collections' ``config_flags``
-loads a config file by path with importlib, so that import only resolves if the directory that holds the
-``configs`` package is on ``sys.path``. ``python -m score_jax.main`` run from the repository root puts the
-root there (the working directory), but a run from any other directory does not. The launcher therefore
-calls :func:`make_importable_from_argv` before absl parses ``--config``.
+(``from configs.default_cifar10_configs import get_default_configs``). A config file is loaded by path
+with importlib, so that import only resolves if the directory that holds the ``configs`` package is on
+``sys.path``. ``python -m score_jax.main`` run from the repository root puts the root there (the working
+directory), but a run from any other directory does not. :func:`load_config` (which every command's
+``--config`` goes through, score_jax/cli.py) therefore calls :func:`make_importable` first.
 """
 
 from __future__ import annotations

@@ -29,16 +29,14 @@ Images: an ``.npz`` with ``images`` [N, H, W, C] uint8, a PNG/JPEG file, or a fo
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import randomness, sampling, sde_lib
+from score_jax import cli, randomness, sampling, sde_lib
 
 Array = jax.Array
 
@@ -202,31 +200,6 @@ def _read_masks(path: str, n: int, image_shape) -> np.ndarray:
   return masks[..., None]
 
 
-def _flags():
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "Config of the score model's run in --workdir.", lock_config=True)
-  flags.DEFINE_enum("task", None, ["inpaint", "colorize", "class"], "What to generate.")
-  flags.DEFINE_string("workdir", None, "Launcher run directory of the score model (its newest checkpoint).")
-  flags.DEFINE_string("out", None, "Output directory for <task>.npz and <task>.png.")
-  flags.DEFINE_string("images", None, "inpaint / colorize: .npz with 'images', an image file, or a folder.")
-  flags.DEFINE_string("masks", None, "inpaint: .npz with 'masks' or an image (nonzero = known pixel).")
-  flags.DEFINE_string("checkpoint", None, "A step or a converted original checkpoint (default: newest).")
-  flags.DEFINE_string("labels", None, "class: comma-separated class labels, one sample each.")
-  flags.DEFINE_string("classifier_config", None, "class: config of the noise-conditional classifier run.")
-  flags.DEFINE_string("classifier_workdir", None, "class: run directory of the classifier.")
-  flags.DEFINE_float("scale", 1.0, "class: guidance scale (1 = the exact conditional score).")
-  flags.DEFINE_integer("batch_size", None, "Images per batch (default: eval.batch_size).")
-  flags.DEFINE_bool("progress", True, "Show progress bars.")
-  flags.DEFINE_bool("traceback", False, "Show the Python traceback of errors in the input.")
-  flags.mark_flags_as_required(["config", "task", "workdir", "out"])
-  return flags.FLAGS
-
-
-FLAGS = None  # defined by run()
-
-
 def run_task(config, task: str, workdir, out, *, images: str | None = None, masks: str | None = None,
              labels: str | None = None, checkpoint: str | None = None, classifier_config=None,
              classifier_workdir: str | None = None, scale: float = 1.0, batch_size: int | None = None,
@@ -314,38 +287,54 @@ def run_task(config, task: str, workdir, out, *, images: str | None = None, mask
   return dict(task=task, checkpoint=tag, num_images=int(n), nfe_per_image=int(nfe), out=str(out))
 
 
-def main(argv):
-  from absl import app
+TASKS = ("inpaint", "colorize", "class")
 
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}; config fields are set as --config.section.field=value.")
-  logging.getLogger().setLevel(logging.INFO)
-  f = FLAGS
-  try:
-    result = run_task(f.config, f.task, f.workdir, f.out, images=f.images, masks=f.masks, labels=f.labels,
-                      checkpoint=f.checkpoint, classifier_config=f.classifier_config,
-                      classifier_workdir=f.classifier_workdir, scale=f.scale, batch_size=f.batch_size,
-                      progress=f.progress)
-  except (ValueError, FileNotFoundError) as e:
-    if f.traceback:
-      raise
-    print(f"score_jax.controllable: error: {e}\n(--traceback shows where it was raised)", file=sys.stderr,
-          flush=True)
-    sys.exit(1)
+
+def parser() -> cli.ArgumentParser:
+  """The flags of ``python -m score_jax.controllable`` (absl spellings, as before)."""
+  p = cli.ArgumentParser(prog="python -m score_jax.controllable", description=__doc__.split("\n\n")[0],
+                         epilog=__doc__)
+  p.add_config(help="config of the score model's run in --workdir")
+  p.add_argument("--task", required=True, choices=TASKS, help="what to generate")
+  p.add_argument("--workdir", required=True, help="launcher run directory of the score model (its newest "
+                 "checkpoint)")
+  p.add_argument("--out", required=True, help="output directory for <task>.npz and <task>.png")
+  p.add_argument("--images", default=None, help="inpaint / colorize: .npz with 'images', an image file, or a folder")
+  p.add_argument("--masks", default=None, help="inpaint: .npz with 'masks' or an image (nonzero = known pixel)")
+  p.add_argument("--checkpoint", default=None, help="a step or a converted original checkpoint (default: newest)")
+  p.add_argument("--labels", default=None, help="class: comma-separated class labels, one sample each")
+  p.add_argument("--classifier_config", default=None, help="class: config of the noise-conditional classifier run")
+  p.add_argument("--classifier_workdir", default=None, help="class: run directory of the classifier")
+  p.add_argument("--scale", type=float, default=1.0, help="class: guidance scale (1 = the exact conditional score)")
+  p.add_argument("--batch_size", type=int, default=None, help="images per batch (default: eval.batch_size)")
+  p.add_bool("progress", True, "Show progress bars.")
+  return p
+
+
+def _main(args) -> None:
+  for flag in ("images", "masks"):
+    path = getattr(args, flag)
+    if path and not pathlib.Path(path).exists():
+      raise FileNotFoundError(f"--{flag} {path}: no such file or folder; check the path.")
+  if not pathlib.Path(args.workdir).is_dir():
+    raise FileNotFoundError(f"--workdir {args.workdir} is not a directory; give the run directory that python -m "
+                            "score_jax.main trained.")
+  cli.check_output_dir(args.out, "--out")
+  classifier_config = args.classifier_config and cli.load_config(args.classifier_config)
+  result = run_task(args.config, args.task, args.workdir, args.out, images=args.images, masks=args.masks,
+                    labels=args.labels, checkpoint=args.checkpoint, classifier_config=classifier_config,
+                    classifier_workdir=args.classifier_workdir, scale=args.scale, batch_size=args.batch_size,
+                    progress=args.progress)
   print(result)
 
 
+def main(argv=None) -> int:
+  """``python -m score_jax.controllable`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+  return cli.run(_main, argv, parser=parser())
+
+
 def run():
-  from absl import app
-
-  from score_jax import configs_loader
-
-  global FLAGS
-  FLAGS = _flags()
-  configs_loader.make_importable_from_argv(sys.argv)
-  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
-    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
-  app.run(main)
+  raise SystemExit(main())
 
 
 if __name__ == "__main__":

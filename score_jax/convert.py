@@ -21,7 +21,6 @@ is reported before anything is written.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import shutil
@@ -30,6 +29,9 @@ import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from score_jax import cli
+from score_jax.errors import UserError
 
 __all__ = [
     "param_shapes", "convert_pytorch_state_dict", "from_pytorch_state_dict", "load_pytorch_checkpoint",
@@ -418,18 +420,20 @@ def load_config(path):
 _SOURCES = {"score_sde": _load_score_sde, "score_sde_pytorch": _load_pytorch}
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+def parser() -> cli.ArgumentParser:
+  """``--from``, ``--config`` (with ``--config.section.field=value`` overrides), ``--no-ema``, SRC, DST."""
+  p = cli.ArgumentParser(
       prog="python -m score_jax.convert",
       description="Convert a checkpoint of the original Score-SDE code (Flax score_sde or PyTorch "
                   "score_sde_pytorch) into an orbax checkpoint of score_jax. The keys and shapes are "
                   "checked against the config's network before anything is written.",
       epilog="Example: python -m score_jax.convert --from score_sde_pytorch "
-             "--config configs/ve/cifar10_ncsnpp_continuous.py checkpoint_24.pth converted/ncsnpp_ve")
+             "--config configs/ve/cifar10_ncsnpp_continuous.py checkpoint_24.pth converted/ncsnpp_ve\n"
+             "Config fields are set as in the launcher: --config.model.nf=64.")
   p.add_argument("--from", dest="source", required=True, choices=sorted(_SOURCES),
                  help="score_sde: a Flax 'checkpoint_N' msgpack file; score_sde_pytorch: a '.pth' file "
                       "(needs PyTorch: pip install -e \".[torch]\")")
-  p.add_argument("--config", required=True, help="the config file the checkpoint was trained with")
+  p.add_config(help="the config file the checkpoint was trained with")
   p.add_argument("--no-ema", dest="ema", action="store_false",
                  help="convert the raw training weights instead of the EMA weights")
   p.add_argument("src", help="the checkpoint file to convert")
@@ -437,22 +441,25 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+def _main(args) -> None:
   dst = pathlib.Path(args.dst)
   if dst.exists():
-    print(f"error: destination {dst} already exists; refusing to overwrite it", file=sys.stderr)
-    return 2
+    raise cli.UsageError(f"destination {dst} already exists; refusing to overwrite it, choose a new DST")
+  if not os.path.exists(args.src):
+    raise FileNotFoundError(f"checkpoint {args.src} not found; give the path of the {args.source} checkpoint")
+  cli.check_output_dir(dst.absolute().parent, "DST")
   try:
-    config = load_config(args.config)
-    variables, step = _SOURCES[args.source](args.src, param_shapes(config), args.ema)
-    out = save_converted(dst, variables, step)
-  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    variables, step = _SOURCES[args.source](args.src, param_shapes(args.config), args.ema)
+  except ImportError as e:  # PyTorch is an optional dependency
+    raise UserError(str(e)) from e
+  out = save_converted(dst, variables, step)
   n = sum(int(np.prod(np.shape(v))) for _, v in _flatten(variables))
   print(f"Wrote {out}: {n:,} parameters ({'EMA' if args.ema else 'raw'} weights, step {step}) from {args.src}")
-  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``python -m score_jax.convert`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+  return cli.run(_main, argv, parser=parser())
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ store (:mod:`score_jax.pipeline.store`); their names are re-exported here for ex
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import Sequence
 
-from score_jax import datasets, fileio, metrics
+from score_jax import cli, datasets, fileio, metrics
 from score_jax.features import (
   FeatureFn,
   compute_stats,
@@ -48,10 +48,11 @@ __all__ = ["FeatureFn", "inception_feature_fn", "feature_tag", "load_reference_s
 # ---- command line -----------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m score_jax.eval", description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> cli.ArgumentParser:
+  """``stats`` and ``metrics``, each with ``--help``."""
+  p = cli.ArgumentParser(prog="python -m score_jax.eval", description=__doc__.split("\n\n")[0], epilog=__doc__,
+                         common_flags=False)
+  sub = p.add_subparsers(dest="command", required=True, metavar="{stats,metrics}")
   s = sub.add_parser("stats", help="FID reference statistics of a dataset split")
   s.add_argument("--dataset", required=True, help="tfds name (CIFAR10, SVHN, CELEBA, LSUN), 'folder' or 'npz'")
   s.add_argument("--root", default="", help="folder / .tar.gz (dataset 'folder') or .npz (dataset 'npz')")
@@ -60,55 +61,58 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--image_size", type=int, default=32, help="images are resized / cropped to this (default: 32)")
   s.add_argument("--split", default="train", choices=["train", "test"])
   s.add_argument("--limit", type=int, default=None, help="only the first N examples (default: all)")
-  s.add_argument("--save_features", action="store_true", help="also store pool3 features (for KID) and logits")
+  s.add_bool("save_features", False, "Also store pool3 features (for KID) and logits.")
   m = sub.add_parser("metrics", help="FID / IS / KID of a --mode sample directory")
   m.add_argument("--samples", required=True, help="directory with samples_*.npz chunks")
   m.add_argument("--stats", default=None, help="reference statistics .npz for FID (and KID if it holds pool_3)")
   m.add_argument("--limit", type=int, default=None, help="only the first N samples (default: all)")
   m.add_argument("--is_splits", type=int, default=10, help="Inception Score splits (score_sde reports 1)")
   m.add_argument("--out", default=None, help="write the metrics as JSON here")
-  m.add_argument("--no_store_features", action="store_true",
-                 help="feed every sample and write nothing beside them (default: reuse and store the features in "
-                      "SAMPLES/features_<weights hash>/, as --mode eval does)")
-  for p in (s, m):
-    p.add_argument("--weights", required=True, help="converted FID Inception weights (.npz; python -m "
+  m.add_bool("store_features", True, "Reuse and store the features in SAMPLES/features_<weights hash>/, as "
+             "--mode eval does (--no_store_features: feed every sample and write nothing beside them)",
+             false_aliases=("--no_store_features",))
+  for q in (s, m):
+    q.add_argument("--weights", required=True, help="converted FID Inception weights (.npz; python -m "
                    "score_jax.inception convert writes them)")
-    p.add_argument("--sha256", default=None, help="expected sha256 of the weights file")
-    p.add_argument("--batch_size", type=int, default=200)
-    p.add_argument("--no_progress", action="store_true")
+    q.add_argument("--sha256", default=None, help="expected sha256 of the weights file")
+    q.add_argument("--batch_size", type=int, default=200)
+    q.add_bool("progress", True, "Show progress bars.", false_aliases=("--no_progress",))
   s.add_argument("--out", required=True, help="the .npz to write (mu, sigma); never overwritten")
-  return parser
+  return p
+
+
+def _main(args) -> None:
+  if args.batch_size < 1:
+    raise ValueError(f"--batch_size must be positive; got {args.batch_size}.")
+  if args.command == "stats":
+    if pathlib.Path(args.out).exists():
+      raise FileExistsError(f"{args.out} exists; choose another --out (nothing was overwritten).")
+    cli.check_output_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+    config = data_config(args.dataset, root=args.root, data_dir=args.data_dir, image_size=args.image_size,
+                         category=args.category)
+    datasets.get_dataset(config, args.split, batch_size=args.batch_size, process_index=0, process_count=1)
+    feature_fn = inception_feature_fn(args.weights, args.sha256)
+    result = compute_stats(config, args.split, feature_fn, args.out, batch_size=args.batch_size, limit=args.limit,
+                           save_features=args.save_features, progress=args.progress)
+  else:
+    if not os.path.isdir(args.samples):
+      raise FileNotFoundError(f"--samples {args.samples} is not a directory; give the samples/step_N_* directory "
+                              "that --mode sample wrote.")
+    if args.stats:
+      metrics.load_stats(args.stats)
+    reference = load_reference_features(args.stats)
+    feature_fn = inception_feature_fn(args.weights, args.sha256)
+    result = sample_metrics(args.samples, feature_fn, stats=args.stats, reference_features=reference,
+                            batch_size=args.batch_size, limit=args.limit, is_splits=args.is_splits,
+                            progress=args.progress, store_features=args.store_features)
+    if args.out:
+      fileio.write_json(args.out, result)
+  print(json.dumps(result, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    if args.batch_size < 1:
-      raise ValueError(f"--batch_size must be positive; got {args.batch_size}.")
-    if args.command == "stats":
-      if pathlib.Path(args.out).exists():
-        raise FileExistsError(f"{args.out} exists; choose another --out (nothing was overwritten).")
-      config = data_config(args.dataset, root=args.root, data_dir=args.data_dir, image_size=args.image_size,
-                            category=args.category)
-      datasets.get_dataset(config, args.split, batch_size=args.batch_size, process_index=0, process_count=1)
-      feature_fn = inception_feature_fn(args.weights, args.sha256)
-      result = compute_stats(config, args.split, feature_fn, args.out, batch_size=args.batch_size, limit=args.limit,
-                             save_features=args.save_features, progress=not args.no_progress)
-    else:
-      if args.stats:
-        metrics.load_stats(args.stats)
-      reference = load_reference_features(args.stats)
-      feature_fn = inception_feature_fn(args.weights, args.sha256)
-      result = sample_metrics(args.samples, feature_fn, stats=args.stats, reference_features=reference,
-                              batch_size=args.batch_size, limit=args.limit, is_splits=args.is_splits,
-                              progress=not args.no_progress, store_features=not args.no_store_features)
-      if args.out:
-        fileio.write_json(args.out, result)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"score_jax.eval: error: {e}", file=sys.stderr)
-    return 1
-  print(json.dumps(result, indent=2))
-  return 0
+  """``python -m score_jax.eval`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+  return cli.run(_main, argv, parser=parser())
 
 
 if __name__ == "__main__":

@@ -20,86 +20,81 @@ Data: data.dataset is a tfds name (CIFAR10, SVHN, CELEBA, LSUN; data.data_dir or
 (data.root = a folder or .tar.gz of class subfolders of images) or 'npz' (data.root = an .npz with 'images').
 
 Any config field is set with --config.<section>.<field>=<value>; the config file's docstring says what it
-reproduces. (Developers: this file stays thin; the work happens in modules that tests call directly.)
+reproduces. Errors in the input print one line `score_jax: error: ...` (--traceback shows where it was
+raised). (Developers: this file stays thin; the work happens in modules that tests call directly.)
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from score_jax import cli
 
-from score_jax import configs_loader
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file, e.g. configs/toy/gmm2d.py.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, figures and metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
-                  "train: train (then evaluate, for the 2-D default); eval: evaluate the latest checkpoint; "
-                  "sample: write samples of the latest checkpoint.")
-flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.DEFINE_bool("dry_run", False, "Image configs, --mode train: build everything, trace one fused train step, open "
-                  "the data and check existing checkpoints, then stop before the first step (nothing is written).")
-flags.DEFINE_string("checkpoint", None, "--mode eval/sample: a step number, or the directory of an original checkpoint "
-                    "converted with python -m score_jax.convert (default: the newest checkpoint in --workdir); "
-                    "--mode eval also takes 'all' (every checkpoint in --workdir, oldest first, each into "
-                    "eval/step_N.json; those already evaluated with the same settings are kept).")
-flags.DEFINE_integer("num_samples", None, "--mode sample: how many samples (default: eval.num_samples).")
-flags.DEFINE_bool("step_lines", False, "--mode train: print 'step N' after each fused call (for resume tests).")
-flags.DEFINE_bool("traceback", False, "Show the Python traceback of errors in the input (config, data, checkpoints).")
-flags.mark_flags_as_required(["config", "workdir"])
-
-TOY_DATASETS = ("gmm2d",)
+MODES = ("train", "eval", "sample")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}; config fields are set as --config.section.field=value.")
-  logging.getLogger().setLevel(logging.INFO)
-  config = FLAGS.config
-  if config.data.dataset in TOY_DATASETS:
+def parser() -> cli.ArgumentParser:
+  """The launcher's flags (absl spellings: --flag value, --flag=value, --noprogress, --progress=false)."""
+  p = cli.ArgumentParser(prog="python -m score_jax.main", description=__doc__.split("\n\n")[0], epilog=__doc__)
+  p.add_config(help="path to an ml-collections config file, e.g. configs/toy/gmm2d.py")
+  p.add_argument("--workdir", required=True, help="directory for checkpoints, samples, figures and metrics")
+  p.add_argument("--mode", default="train", choices=MODES,
+                 help="train: train (then evaluate, for the 2-D default); eval: evaluate the latest checkpoint; "
+                      "sample: write samples of the latest checkpoint (default: train)")
+  p.add_bool("progress", True, "Show progress bars.")
+  p.add_bool("dry_run", False, "Image configs, --mode train: build everything, trace one fused train step, open "
+             "the data and check existing checkpoints, then stop before the first step (nothing is written).")
+  p.add_argument("--checkpoint", default=None,
+                 help="--mode eval/sample: a step number, or the directory of an original checkpoint converted "
+                      "with python -m score_jax.convert (default: the newest checkpoint in --workdir); --mode "
+                      "eval also takes 'all' (every checkpoint in --workdir, oldest first, each into "
+                      "eval/step_N.json; those already evaluated with the same settings are kept)")
+  p.add_argument("--num_samples", type=int, default=None, help="--mode sample: how many samples (default: "
+                 "eval.num_samples)")
+  p.add_bool("step_lines", False, "--mode train: print 'step N' after each fused call (for resume tests).")
+  return p
+
+
+def _main(args) -> None:
+  config = args.config
+  if args.mode != "train" and args.dry_run:
+    raise ValueError(f"--dry_run applies to --mode train, not --mode {args.mode}; drop --dry_run.")
+  if not (args.mode == "train" and args.dry_run):
+    cli.check_output_dir(args.workdir, "--workdir")  # before any heavy import
+  from score_jax import builders  # imports JAX
+
+  if builders.is_toy(config):
+    os.makedirs(args.workdir, exist_ok=True)  # a full disk fails here, before the toy's work
     from score_jax import toy
 
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    result = toy.run(config, FLAGS.workdir, FLAGS.mode, progress=FLAGS.progress)
+    result = toy.run(config, args.workdir, args.mode, progress=args.progress)
   else:
-    try:
-      result = _run_images(config)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-      if FLAGS.traceback:
-        raise
-      print(f"score_jax: error: {e}\n(--traceback shows where it was raised)", file=sys.stderr, flush=True)
-      sys.exit(1)
+    result = _run_images(config, args)
   print(json.dumps(result, indent=2))
 
 
-def _run_images(config):
-  from score_jax import parallel, run_lib
+def _run_images(config, args):
+  from score_jax import parallel, pipeline
 
-  if FLAGS.mode != "train" and FLAGS.dry_run:
-    raise ValueError("--dry_run applies to --mode train.")
   parallel.initialize_distributed()  # no-op for one process
-  if FLAGS.mode == "train":
-    if FLAGS.dry_run:
-      return run_lib.dry_run(config, FLAGS.workdir)
-    return run_lib.train_and_evaluate(config, FLAGS.workdir, progress=FLAGS.progress, step_lines=FLAGS.step_lines)
-  if FLAGS.mode == "eval":
-    return run_lib.evaluate(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint, progress=FLAGS.progress)
-  return run_lib.sample(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint, num_samples=FLAGS.num_samples,
-                        progress=FLAGS.progress)
+  if args.mode == "train":
+    if args.dry_run:
+      return pipeline.dry_run(config, args.workdir)
+    return pipeline.train_and_evaluate(config, args.workdir, progress=args.progress, step_lines=args.step_lines)
+  if args.mode == "eval":
+    return pipeline.evaluate(config, args.workdir, checkpoint=args.checkpoint, progress=args.progress)
+  return pipeline.sample(config, args.workdir, checkpoint=args.checkpoint, num_samples=args.num_samples,
+                         progress=args.progress)
+
+
+def main(argv=None) -> int:
+  """Runs the launcher on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+  return cli.run(_main, argv, parser=parser())
 
 
 def run():
-  # Image configs import configs.default_*_configs; make that resolve from any working directory.
-  configs_loader.make_importable_from_argv(sys.argv)
-  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
-    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl would exit 1 on --help
-  app.run(main)
+  raise SystemExit(main())
 
 
 if __name__ == "__main__":

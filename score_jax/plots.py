@@ -1,15 +1,28 @@
-"""Figures for the 2-D default (matplotlib, Agg backend: no display needed)."""
+"""Figures for the 2-D default (matplotlib figures without pyplot: no display, no global backend).
+
+Importing this module leaves matplotlib's backend alone. The figures are ``matplotlib.figure.Figure``
+objects, which write PNGs (``fileio.savefig``) without pyplot. ``plots.plt`` is pyplot on the Agg backend,
+selected the first time it is asked for, for callers that draw with pyplot.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.figure import Figure
 
 __all__ = ["samples_figure", "score_field_figure", "loss_figure"]
+
+
+def __getattr__(name: str):
+  if name == "plt":  # only when a pyplot figure is about to be drawn and written
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 LIMITS = (-5.0, 5.0)
 
@@ -17,7 +30,8 @@ LIMITS = (-5.0, 5.0)
 def samples_figure(true: np.ndarray, samples: dict[str, np.ndarray]):
   """Scatter plots of the true samples and of each sampler's samples, on the same axes."""
   panels = [("data (exact mixture)", true)] + [(f"{name.upper()} samples", s) for name, s in samples.items()]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharex=True, sharey=True)
+  fig = Figure(figsize=(4 * len(panels), 4))
+  axes = fig.subplots(1, len(panels), sharex=True, sharey=True)
   for ax, (title, pts) in zip(np.atleast_1d(axes), panels):
     ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.5, color="tab:blue" if title.startswith("data") else "tab:red")
     ax.set_title(title)
@@ -46,7 +60,8 @@ def score_field_figure(score_fn, exact_score_fn, t: float, title: str, log_densi
     fx, fy = np.meshgrid(fine, fine)
     fpts = jnp.asarray(np.stack([fx.ravel(), fy.ravel()], axis=1), jnp.float32)
     background = np.asarray(log_density_fn(fpts, jnp.full((fpts.shape[0],), t, jnp.float32))).reshape(fx.shape)
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+  fig = Figure(figsize=(14, 4.4))
+  axes = fig.subplots(1, 3)
   for ax, field, name in [(axes[0], learned, "learned score"), (axes[1], exact, "exact score")]:
     if background is not None:
       ax.contourf(fx, fy, np.maximum(background, background.max() - 12), levels=20, cmap="Greys")
@@ -65,7 +80,8 @@ def score_field_figure(score_fn, exact_score_fn, t: float, title: str, log_densi
 
 def loss_figure(history: np.ndarray, window: int = 100):
   """Training loss per step and its running mean."""
-  fig, ax = plt.subplots(figsize=(6, 3.5))
+  fig = Figure(figsize=(6, 3.5))
+  ax = fig.subplots()
   ax.plot(history, lw=0.5, alpha=0.4, label="loss")
   if len(history) >= window:
     smooth = np.convolve(history, np.ones(window) / window, mode="valid")

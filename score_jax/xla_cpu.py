@@ -1,4 +1,4 @@
-"""A default for XLA's CPU backend that ``import score_jax`` sets before JAX starts its CPU client.
+"""A default for XLA's CPU backend, applied by the command-line entry points before JAX starts its CPU client.
 
 jaxlib 0.10 hands convolutions, dots and reductions on the CPU to YNNPACK fusions. Its convolutions are
 slow for the weight gradients of a training step: on a 2-core Xeon, the weight gradient of a 3x3, 256 to
@@ -17,10 +17,17 @@ to ``XLA_FLAGS``. It does nothing when
 - the installed jaxlib is outside :data:`TESTED_JAXLIB`: XLA aborts the process on a flag it does not
   know, and other releases may not have this one, or may not need it.
 
+Importing score_jax does not apply it (importing the library changes no environment variable): every
+``python -m score_jax.*`` entry point applies it (``score_jax.cli.run``), and a library user who wants it
+makes one call before JAX's first computation::
+
+  import score_jax
+  score_jax.xla_cpu.apply()
+
 The flag is read when JAX creates its CPU client (the first computation or device query), so it has no
-effect in a process that used JAX before importing score_jax. It concerns the CPU backend only; GPU and
-TPU runs are unaffected. Results agree with the default to float32 rounding (another convolution
-implementation sums in another order).
+effect in a process that has already computed with JAX; importing JAX first is fine. It concerns the
+CPU backend only; GPU and TPU runs are unaffected. Results agree with the default to float32 rounding
+(another convolution implementation sums in another order).
 """
 
 from __future__ import annotations

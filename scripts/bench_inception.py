@@ -24,7 +24,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from score_jax import inception
+from score_jax import inception, xla_cpu
 
 
 def random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
@@ -64,6 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+  xla_cpu.apply()  # score_jax's CPU default, before JAX's first computation (importing score_jax sets nothing)
   args = parse_args(argv)
   device = jax.devices()[0]
   print(f"backend {jax.default_backend()} device {device.device_kind} | {platform.processor() or platform.machine()}"

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_jax import builders, configs_loader, losses, models, sde_lib
+from score_jax import builders, configs_loader, losses, models, sde_lib, xla_cpu
 
 Array = jax.Array
 
@@ -436,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ``loss``); one that was compiled but not run has ``skipped`` (the reason), ``compile_s``,
     ``xla_buffer_bytes`` and ``flops`` only.
   """
+  xla_cpu.apply()  # score_jax's CPU default, before JAX's first computation (importing score_jax sets nothing)
   args = parse_args(argv)
   device = jax.devices()[0]
   built = {}

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import gmm, sampling, sde_lib
+from score_jax import gmm, sampling, sde_lib, xla_cpu
 
 Array = jax.Array
 
@@ -331,6 +331,7 @@ def _ms(seconds: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
   """Run the benchmark for command-line ``argv`` (``sys.argv[1:]`` if None); print and return the results."""
+  xla_cpu.apply()  # score_jax's CPU default, before JAX's first computation (importing score_jax sets nothing)
   args = parse_args(argv)
   print(_environment_line(), flush=True)
 

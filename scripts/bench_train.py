@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_jax import builders, configs_loader, parallel, train
+from score_jax import builders, configs_loader, parallel, train, xla_cpu
 
 _SCRIPTS = pathlib.Path(__file__).resolve().parent
 CONFIG_PREFIX = "--config."  # command-line overrides: --config.<section>.<field>=<value>
@@ -385,6 +385,7 @@ def bench(args: argparse.Namespace, config: ml_collections.ConfigDict) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
   """Run the benchmark for ``argv`` (``sys.argv[1:]`` if None); print the JSON line last and return its dict."""
+  xla_cpu.apply()  # score_jax's CPU default, before JAX's first computation (importing score_jax sets nothing)
   args, config = parse_args(argv)
   result = bench(args, config)
   print(json.dumps(result), flush=True)

@@ -1,6 +1,7 @@
 """score_jax's CPU default for XLA (score_jax/xla_cpu.py): when it is added, and that it takes effect."""
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def test_apply_changes_only_the_given_environment():
 _PROBE = """
 import jax, jax.numpy as jnp
 import score_jax
+score_jax.xla_cpu.apply()  # the one call for library users, before JAX's first computation
 x, w = jnp.ones((8, 32, 32, 256)), jnp.ones((3, 3, 256, 256))
 conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 print('__ynn_fusion' in jax.jit(conv).lower(x, w).compile().as_text())
@@ -53,8 +55,43 @@ def _convolution_goes_to_ynnpack(opt_out: str) -> bool:
   return out.stdout.strip().splitlines()[-1] == "True"
 
 
-def test_importing_score_jax_keeps_convolutions_out_of_ynnpack_even_after_jax():
+def test_apply_keeps_convolutions_out_of_ynnpack_even_after_importing_jax():
   if xla_cpu.flags_with_defaults("", importlib.metadata.version("jaxlib")) is None:
     pytest.skip(f"jaxlib {importlib.metadata.version('jaxlib')} is outside xla_cpu.TESTED_JAXLIB")
   assert _convolution_goes_to_ynnpack("1"), "jaxlib's default no longer sends this convolution to YNNPACK"
   assert not _convolution_goes_to_ynnpack("0")
+
+
+_IMPORT_PROBE = """
+import json, os, sys
+before = dict(os.environ)
+import matplotlib
+import score_jax, score_jax.plots, score_jax.cli, score_jax.main, score_jax.eval  # noqa: F401
+print(json.dumps({"environ_unchanged": dict(os.environ) == before,
+                  "backend_chosen": matplotlib.rcParams._get_backend_or_none()}))
+"""
+
+
+def test_importing_score_jax_changes_no_environment_variable_and_no_backend():
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "MPLBACKEND")}
+  env[xla_cpu.OPT_OUT_ENV] = "0"
+  out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == {"environ_unchanged": True, "backend_chosen": None}
+
+
+_RUN_PROBE = """
+import os
+from score_jax import cli
+print(cli.run(lambda args: print(repr(os.environ.get("XLA_FLAGS", ""))), [], parser=cli.ArgumentParser(prog="x")))
+"""
+
+
+def test_the_command_line_applies_the_cpu_default():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env[xla_cpu.OPT_OUT_ENV] = "0"
+  out = subprocess.run([sys.executable, "-c", _RUN_PROBE], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  flags, code = out.stdout.strip().splitlines()[-2:]
+  expected = xla_cpu.flags_with_defaults("", importlib.metadata.version("jaxlib")) or ""
+  assert (flags, code) == (repr(expected), "0")
