@@ -35,6 +35,7 @@ Array = jax.Array
 __all__ = [
     "TrainState", "init_train_state", "loss_kind", "make_loss_fn", "make_eval_loss_fn", "make_train_step",
     "make_fused_train_step", "ema_update", "example_keys",
+    "example_time", "example_noise",
 ]
 
 # Tags that split an example's key into its independent draws.
@@ -56,6 +57,11 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
+
+  def to_dict(self) -> dict[str, Any]:
+    """``{step, params, ema_params, opt_state}``: the tree a :class:`score_jax.checkpoints.Checkpointer` saves
+    (``TrainState(**d)`` turns it back)."""
+    return dict(step=self.step, params=self.params, ema_params=self.ema_params, opt_state=self.opt_state)
 
 
 def init_train_state(key: Array, config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
@@ -122,6 +128,16 @@ def loss_kind(config: ml_collections.ConfigDict, sde: sde_lib.SDE) -> str:
 def example_keys(key_step: Array, batch_size: int, offset: Array | int = 0) -> Array:
   """Keys ``[batch_size]`` of the examples ``offset + arange(batch_size)`` of the global batch at one step."""
   return jax.vmap(lambda i: jax.random.fold_in(key_step, i))(offset + jnp.arange(batch_size))
+
+
+def example_time(key: Array, sde: sde_lib.SDE, eps: float) -> Array:
+  """The diffusion time ``t ~ U(eps, T)`` of one example of continuous training, from its key (a scalar)."""
+  return jax.random.uniform(jax.random.fold_in(key, _KEY_T), ()) * (sde.T - eps) + eps
+
+
+def example_noise(key: Array, shape: tuple[int, ...]) -> Array:
+  """The standard normal noise ``z`` (fp32, ``shape``) of one example, from its key."""
+  return jax.random.normal(jax.random.fold_in(key, _KEY_NOISE), shape, jnp.float32)
 
 
 # Modules that stay in fp32 under bf16: the fixed random Fourier frequencies (std 16) multiply log sigma, and
@@ -241,12 +257,12 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
 
   def loss_fn(params, x, key_step, offset=0):
     keys = example_keys(key_step, x.shape[0], offset)  # [B]
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, _KEY_NOISE), x.shape[1:], jnp.float32))(keys)
+    noise = jax.vmap(lambda k: example_noise(k, x.shape[1:]))(keys)
     key_t = jax.vmap(lambda k: jax.random.fold_in(k, _KEY_T))(keys)
     model_fn = _make_model_fn(model, params, keys, compute_dtype, train)
     x = x.astype(jnp.float32)
     if kind == "dsm":
-      time = jax.vmap(lambda k: jax.random.uniform(k, ()) * (sde.T - eps) + eps)(key_t)  # [B]
+      time = jax.vmap(lambda k: example_time(k, sde, eps))(keys)  # [B]
       score_fn = models.make_score_fn(sde, model_fn, continuous=True)
       return losses.sde_loss(sde, score_fn, x, time, noise, reduce_mean=t.reduce_mean,
                              likelihood_weighting=t.likelihood_weighting, per_example=per_example)
