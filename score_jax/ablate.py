@@ -164,7 +164,7 @@ def _toy_target(config, workdir, num_samples: int) -> _Target:
   from score_jax import gmm, metrics, toy
 
   state = toy.load_state(config, str(workdir))  # a checkpoint that does not fit the config fails here
-  sde, score_fn = toy._score_fn(config, state)
+  sde, score_fn = toy.score_fn(config, state)
   mixture = gmm.default_mixture()
   key = jax.random.PRNGKey(config.seed)
   draw = lambda stream: mixture.sample(jax.random.fold_in(key, stream), num_samples)
