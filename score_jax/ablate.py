@@ -159,7 +159,8 @@ class _Target:
 
 
 def _toy_target(config, workdir, num_samples: int) -> _Target:
-  from score_jax import gmm, metrics, toy
+  from score_jax import gmm, metrics
+  from score_jax.pipeline import toy
 
   state = toy.load_state(config, str(workdir))  # a checkpoint that does not fit the config fails here
   sde, score_fn = toy.score_fn(config, state)

@@ -20,7 +20,7 @@ from score_jax import sde_lib
 Array = jax.Array
 
 __all__ = [
-    "sde_loss", "smld_loss", "ddpm_loss", "ism_loss", "ssm_loss",
+    "sde_loss", "smld_loss", "ddpm_loss", "ism_loss", "ssm_loss", "noise_conditional_loss",
     "make_sde_loss_fn", "make_smld_loss_fn", "make_ddpm_loss_fn", "make_noise_conditional_loss_fn",
     "make_loss_fn", "LOSSES",
 ]
@@ -231,14 +231,42 @@ def make_ddpm_loss_fn(sde: sde_lib.VPSDE, *, reduce_mean: bool = True):
   return loss_fn
 
 
-def make_noise_conditional_loss_fn(sde: sde_lib.SDE, kind: str, *, n_projections: int = 1, eps: float = 1e-5):
-  """ISM or sliced SM at every noise level, for a time-conditioned score on flat data ``[B, D]``.
+def noise_conditional_loss(sde: sde_lib.SDE, score_fn, x: Array, t: Array, z: Array, v: Array, kind: str, *,
+                           per_example: bool = False) -> Array:
+  """ISM or sliced SM at the noise levels ``t``, for a time-conditioned score on flat data ``[B, D]``.
 
-  ``t ~ U(eps, T)``, ``x_t ~ p_0t(. | x)``; the score ``score_fn(., t)`` is fitted to ``p_t`` by ISM
-  (``kind='ism'``) or sliced SM (``'ssm'``, ``'ssm_vr'``) on ``x_t``, weighted by ``s(t)^2`` so that every
+  ``x_t = a(t) x + s(t) z``; the score ``score_fn(., t)`` is fitted to ``p_t`` by ISM (``kind='ism'``) or
+  sliced SM (``'ssm'``, ``'ssm_vr'``, projections ``v``) on ``x_t``, weighted by ``s(t)^2`` so that every
   noise level contributes on the same scale (the weighting of eq. 7). Unlike DSM, these objectives never
   see the clean ``x``; they only need samples of ``p_t``.
+
+  Args:
+    sde: the forward SDE.
+    score_fn: batched ``score_fn(x [B, D], t [B]) -> [B, D]``.
+    x: data ``[B, D]``; t: times ``[B]``; z: standard normal ``[B, D]``.
+    v: projections ``[B, M, D]`` (M per example; unused by ``ism``).
+    kind: ``'ism'``, ``'ssm'`` or ``'ssm_vr'``.
+    per_example: return each example's loss ``[B]`` instead of their mean.
   """
+  if kind not in ("ism", "ssm", "ssm_vr"):
+    raise ValueError(f"Unknown noise-conditional loss {kind!r}; expected 'ism', 'ssm' or 'ssm_vr'.")
+  _check_same_shape("z", z, x)
+  mean, std = sde.marginal_prob(x, t)
+  x_t = mean + jax.vmap(jnp.multiply)(std, z)
+
+  def one(x_t, t, std, v):
+    s_t = lambda y: score_fn(y, jnp.broadcast_to(t, (y.shape[0],)))
+    if kind == "ism":
+      loss = ism_loss(s_t, x_t[None])
+    else:
+      loss = ssm_loss(s_t, x_t[None], v[:, None], variance_reduction=(kind == "ssm_vr"))
+    return std**2 * loss
+
+  return _mean_unless(jax.vmap(one)(x_t, t, std, v), per_example)
+
+
+def make_noise_conditional_loss_fn(sde: sde_lib.SDE, kind: str, *, n_projections: int = 1, eps: float = 1e-5):
+  """``loss_fn(key, score_fn, x)``: ``t ~ U(eps, T)``, ``z, v ~ N(0, I)``, then :func:`noise_conditional_loss`."""
   if kind not in ("ism", "ssm", "ssm_vr"):
     raise ValueError(f"Unknown noise-conditional loss {kind!r}; expected 'ism', 'ssm' or 'ssm_vr'.")
 
@@ -246,19 +274,9 @@ def make_noise_conditional_loss_fn(sde: sde_lib.SDE, kind: str, *, n_projections
     key_t, key_z, key_v = jax.random.split(key, 3)
     B = x.shape[0]
     t = _uniform_t(key_t, B, sde.T, eps)
-    mean, std = sde.marginal_prob(x, t)
-    x_t = mean + jax.vmap(jnp.multiply)(std, jax.random.normal(key_z, x.shape, x.dtype))
-
-    def per_example(x_t, t, std, v):
-      s_t = lambda y: score_fn(y, jnp.broadcast_to(t, (y.shape[0],)))
-      if kind == "ism":
-        loss = ism_loss(s_t, x_t[None])
-      else:
-        loss = ssm_loss(s_t, x_t[None], v[:, None], variance_reduction=(kind == "ssm_vr"))
-      return std**2 * loss
-
+    z = jax.random.normal(key_z, x.shape, x.dtype)
     v = jax.random.normal(key_v, (B, n_projections) + x.shape[1:], x.dtype)
-    return jnp.mean(jax.vmap(per_example)(x_t, t, std, v))
+    return noise_conditional_loss(sde, score_fn, x, t, z, v, kind)
 
   return loss_fn
 

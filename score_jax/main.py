@@ -66,7 +66,7 @@ def _main(args) -> None:
 
   if builders.is_toy(config):
     os.makedirs(args.workdir, exist_ok=True)  # a full disk fails here, before the toy's work
-    from score_jax import toy
+    from score_jax.pipeline import toy
 
     result = toy.run(config, args.workdir, args.mode, progress=args.progress)
   else:

@@ -35,7 +35,7 @@ Array = jax.Array
 
 __all__ = [
     "TrainState", "init_train_state", "loss_kind", "make_loss_fn", "make_eval_loss_fn", "make_train_step",
-    "make_fused_train_step", "ema_update", "example_keys", "make_model_fn",
+    "make_fused_train_step", "ema_update", "example_keys", "make_model_fn", "example_time", "example_noise",
 ]
 
 
@@ -55,6 +55,11 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
+
+  def to_dict(self) -> dict[str, Any]:
+    """``{step, params, ema_params, opt_state}``: the tree a :class:`score_jax.checkpoints.Checkpointer` saves
+    (``TrainState(**d)`` turns it back)."""
+    return dict(step=self.step, params=self.params, ema_params=self.ema_params, opt_state=self.opt_state)
 
 
 def init_train_state(key: Array, config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
@@ -119,6 +124,16 @@ def loss_kind(config: ml_collections.ConfigDict, sde: sde_lib.SDE) -> str:
 
 
 example_keys = randomness.example_keys  # keys [B] of the global-batch rows offset + arange(B)
+
+
+def example_time(key: Array, sde: sde_lib.SDE, eps: float) -> Array:
+  """The diffusion time ``t ~ U(eps, T)`` of one example of continuous training, from its key (a scalar)."""
+  return jax.random.uniform(jax.random.fold_in(key, randomness.EXAMPLE_T), ()) * (sde.T - eps) + eps
+
+
+def example_noise(key: Array, shape: tuple[int, ...]) -> Array:
+  """The standard normal noise ``z`` (fp32, ``shape``) of one example, from its key."""
+  return jax.random.normal(jax.random.fold_in(key, randomness.EXAMPLE_NOISE), shape, jnp.float32)
 
 
 # Modules that stay in fp32 under bf16: the fixed random Fourier frequencies (std 16) multiply log sigma, and
@@ -238,13 +253,12 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
 
   def loss_fn(params, x, key_step, offset=0):
     keys = example_keys(key_step, x.shape[0], offset)  # [B]
-    noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_NOISE))(keys)
-    noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], jnp.float32))(noise_keys)  # [B, ...]
+    noise = jax.vmap(lambda k: example_noise(k, x.shape[1:]))(keys)  # [B, ...]
     key_t = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_T))(keys)
     model_fn = make_model_fn(model, params, keys, compute_dtype, train)
     x = x.astype(jnp.float32)
     if kind == "dsm":
-      time = jax.vmap(lambda k: jax.random.uniform(k, ()) * (sde.T - eps) + eps)(key_t)  # [B]
+      time = jax.vmap(lambda k: example_time(k, sde, eps))(keys)  # [B]
       score_fn = models.make_score_fn(sde, model_fn, continuous=True)
       return losses.sde_loss(sde, score_fn, x, time, noise, reduce_mean=t.reduce_mean,
                              likelihood_weighting=t.likelihood_weighting, per_example=per_example)

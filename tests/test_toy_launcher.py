@@ -29,10 +29,11 @@ def short_run(tmp_path_factory):
 
 def test_writes_figures_metrics_and_checkpoint(short_run):
   workdir, _ = short_run
-  for name in ["samples.png", "score_field.png", "loss.png", "metrics.json", "samples.npz", "checkpoint.msgpack"]:
+  for name in ["samples.png", "score_field.png", "loss.png", "metrics.json", "samples.npz", "model.json"]:
     path = workdir / name
     assert path.exists() and path.stat().st_size > 0, name
   assert (workdir / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (workdir / "checkpoints" / "2000" / "state").is_dir()  # the orbax checkpoint of the last step
   assert not [p for p in os.listdir(workdir) if ".tmp-" in p], "temporary files left behind"
 
 

@@ -33,7 +33,7 @@ from score_jax import (
   validation,
 )
 
-__all__ = ["Experiment", "setup", "check_config", "n_jitted_steps", "summary_line", "state_dict", "checkpointer",
+__all__ = ["Experiment", "setup", "check_config", "n_jitted_steps", "summary_line", "checkpointer",
            "score_fn", "to_uint8", "make_sample_fn", "load_params", "announce", "GRID_MAX", "ALL_CHECKPOINTS",
            "EVAL_ITEMS", "load_classifier"]
 
@@ -172,14 +172,9 @@ def announce(line: str) -> None:
     print(line, flush=True)
 
 
-def state_dict(state: train.TrainState) -> dict:
-  """The checkpointed form of a training state."""
-  return dict(step=state.step, params=state.params, ema_params=state.ema_params, opt_state=state.opt_state)
-
-
 def checkpointer(exp: Experiment, workdir) -> checkpoints.Checkpointer:
   """The :class:`score_jax.checkpoints.Checkpointer` of ``workdir`` for this experiment's state."""
-  return checkpoints.Checkpointer.from_config(exp.config, workdir, template=state_dict(exp.abstract_state))
+  return checkpoints.Checkpointer.from_config(exp.config, workdir, template=exp.abstract_state.to_dict())
 
 
 def score_fn(exp: Experiment, params):

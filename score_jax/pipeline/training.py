@@ -214,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
         writer.scalars(step, dict(eval_loss=eval_loss))
       stop = parallel.agree_on_stop(checkpoints.should_stop())
       host_state = parallel.unreplicate(state, mode)
-      saved = ckpts.save(experiment.state_dict(host_state), step, force=stop or step == n_iters)
+      saved = ckpts.save(host_state.to_dict(), step, force=stop or step == n_iters)
       if saved:
         writer.flush()
       if saved and ckpts.is_snapshot(step) and t.get("snapshot_sampling", False):
