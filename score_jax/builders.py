@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import edm, fast_sampling, losses, models, nets, sampling, sde_lib
+from score_jax import edm, edm_net, fast_sampling, losses, models, nets, sampling, sde_lib
 from score_jax.nets import ddpm as nets_ddpm
 from score_jax.nets import ncsnv2 as nets_ncsnv2
 from score_jax.nets import wideresnet as nets_wideresnet
@@ -21,7 +21,7 @@ from score_jax.nets import wideresnet as nets_wideresnet
 __all__ = [
     "MODEL_BUILDERS", "build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate",
     "SAMPLING_METHODS", "EDM_METHODS", "EDM_SAMPLING_DEFAULTS", "sampler_settings", "build_sampler",
-    "CLASSIFIER_BUILDERS", "is_classifier", "build_classifier",
+    "CLASSIFIER_BUILDERS", "is_classifier", "build_classifier", "EDM_NETWORKS", "edm_settings",
 ]
 
 
@@ -145,11 +145,53 @@ MODEL_BUILDERS = {
 
 
 def build_model(config: ml_collections.ConfigDict):
-  """The score network named by ``model.name``, built from typed arguments."""
+  """The score network named by ``model.name``, built from typed arguments; inside EDM's preconditioning when
+  ``training.loss`` is an EDM loss (:func:`edm_settings`)."""
   name = config.model.name
   if name not in MODEL_BUILDERS:
     raise ValueError(f"Unknown model.name {name!r}; expected one of {sorted(MODEL_BUILDERS)}.")
-  return MODEL_BUILDERS[name](config)
+  net = MODEL_BUILDERS[name](config)
+  settings = edm_settings(config)
+  if settings is None:
+    return net
+  return edm_net.EDMPrecond(inner=net, kind=settings["kind"], precond_params=tuple(sorted(settings["precond"].items())),
+                            label_mode="fourier" if str(config.model.embedding_type).lower() == "fourier"
+                            else "positional")
+
+
+# Networks that can sit inside EDM's preconditioning: they take any float label.
+EDM_NETWORKS = ("ncsnpp", "ddpm")
+
+
+def edm_settings(config: ml_collections.ConfigDict) -> dict | None:
+  """``{kind, precond, loss}`` of an EDM ``training.loss`` (``edm``, ``edm_vp``, ``edm_ve``) from the ``edm``
+  section (EDM's names: sigma_data, P_mean, P_std, beta_d, beta_min, M, epsilon_t, sigma_min, sigma_max), or None.
+
+  EDM-trained models are denoisers in the noise level sigma, i.e. score models of a VE SDE: they need
+  ``training.sde='vesde'`` (whose ``model.sigma_min`` / ``sigma_max`` is the sampling range), continuous
+  training, a network of :data:`EDM_NETWORKS` without ``scale_by_sigma``, and centered data.
+  """
+  loss = str(config.training.get("loss", ""))
+  if loss not in edm.TRAINING_LOSSES:
+    return None
+  t, m = config.training, config.model
+  if str(t.sde).lower() != "vesde" or not t.get("continuous", True):
+    raise ValueError(f"training.loss={loss!r} trains a denoiser in sigma: it needs training.sde='vesde' and "
+                     f"training.continuous=True (got {t.sde!r}, continuous={t.get('continuous', True)}).")
+  if m.name not in EDM_NETWORKS:
+    raise ValueError(f"training.loss={loss!r} needs model.name in {list(EDM_NETWORKS)}, got {m.name!r}.")
+  if m.get("scale_by_sigma", False) or not config.data.centered:
+    raise ValueError(f"training.loss={loss!r}: EDM's preconditioning scales the network itself; set "
+                     "model.scale_by_sigma=False and data.centered=True.")
+  kind = edm.TRAINING_LOSSES[loss]
+  section = config.get("edm", ml_collections.ConfigDict()).to_dict()
+  known = set(edm.PRECOND_DEFAULTS[kind]) | set(edm.LOSS_DEFAULTS[kind])
+  unknown = sorted(set(section) - set().union(*edm.PRECOND_DEFAULTS.values(), *edm.LOSS_DEFAULTS.values()))
+  if unknown:
+    raise ValueError(f"edm.{unknown[0]} is not an EDM parameter; the edm section takes {sorted(known)} for "
+                     f"training.loss={loss!r}.")
+  precond, loss_params = edm.split_params(kind, section)
+  return dict(kind=kind, precond=precond, loss=loss_params)
 
 
 def is_classifier(config: ml_collections.ConfigDict) -> bool:
@@ -200,6 +242,9 @@ def build_classifier(config: ml_collections.ConfigDict):
 def build_loss_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE):
   """``loss_fn(key, score_fn, x)`` for ``training.loss`` (``dsm``, ``ism``, ``ssm``, ``ssm_vr``)."""
   t = config.training
+  if t.loss in edm.TRAINING_LOSSES:
+    edm_settings(config)
+    return None  # trained by score_jax.train (the image launcher); there is no score-function loss
   if t.loss not in ("dsm", "ism", "ssm", "ssm_vr"):
     raise ValueError(f"Unknown training.loss {t.loss!r}; expected one of ['dsm', 'ism', 'ssm', 'ssm_vr'] "
                      "('smld'/'ddpm' need a discrete-time network).")

@@ -43,7 +43,7 @@ __all__ = [
     "LOSS_DEFAULTS", "vp_sigma", "vp_sigma_inv", "precond_coefficients", "precondition", "loss_sigma", "loss",
     "make_loss_fn", "score_from_denoiser", "denoiser_from_score", "sde_sigma_range", "edm_time_steps",
     "edm_sampler", "ablation_sampler", "ablation_time_steps", "sampler_nfe", "edm_draws", "edm_sample",
-    "guided_denoiser", "ema_beta",
+    "guided_denoiser", "ema_beta", "TRAINING_LOSSES", "split_params",
 ]
 
 PRECONDS = ("vp", "ve", "edm")
@@ -69,6 +69,8 @@ VE_NOISE_LABEL_SCALE = 0.5
 # EDMPrecond's noise label is log(sigma) / 4.
 EDM_NOISE_LABEL_SCALE = 0.25
 MAX_GAMMA = math.sqrt(2.0) - 1.0  # Algorithm 2: gamma_i <= sqrt(2) - 1 keeps t_hat <= sqrt(2) t_i
+# training.loss -> the EDM loss and preconditioning kind it trains with (EDM's VPLoss/VPPrecond, ...).
+TRAINING_LOSSES = {"edm": "edm", "edm_vp": "vp", "edm_ve": "ve"}
 
 
 def _params(kind: str, table: dict, params: dict, what: str) -> dict:
@@ -78,6 +80,13 @@ def _params(kind: str, table: dict, params: dict, what: str) -> dict:
   if unknown:
     raise ValueError(f"{what} {kind!r} has no parameters {unknown}; expected some of {sorted(table[kind])}.")
   return {**table[kind], **params}
+
+
+def split_params(kind: str, params: dict) -> tuple[dict, dict]:
+  """``(precond params, loss params)`` of ``kind`` from one dict with EDM's names (others are ignored)."""
+  _params(kind, PRECOND_DEFAULTS, {}, "preconditioning")
+  pick = lambda table: {k: params[k] for k in table[kind] if k in params}
+  return pick(PRECOND_DEFAULTS), pick(LOSS_DEFAULTS)
 
 
 def _per_example(c: Array, x: Array) -> Array:
@@ -258,7 +267,7 @@ def denoiser_from_score(sde: sde_lib.SDE, score_fn) -> DenoiseFn:
 
 def sde_sigma_range(sde: sde_lib.SDE, eps: float) -> tuple[float, float]:
   """The noise levels ``(sigma(eps), sigma(T))`` a score model of ``sde`` was trained on (float64)."""
-  with jax.default_device(jax.devices("cpu")[0]):
+  with jax.ensure_compile_time_eval():  # concrete also when called while a sampler is being traced
     a = [sde.marginal_one(jnp.ones(()), jnp.asarray(t, jnp.float32)) for t in (eps, sde.T)]
   return float(a[0][1] / a[0][0]), float(a[1][1] / a[1][0])
 
@@ -564,10 +573,11 @@ def ema_beta(batch_size: int, ema_halflife_kimg: float, step: Array | int = 0,
   """EDM's EMA decay per step for a half-life of ``ema_halflife_kimg`` thousand images (training_loop.py).
 
   ``beta = 0.5 ** (batch_size / halflife_images)``; with ``ema_rampup_ratio`` the half-life is at most
-  ``ema_rampup_ratio`` times the images seen so far (after ``step`` steps), so early averages forget fast.
+  ``ema_rampup_ratio`` times the images seen before this update (``step`` steps done), so early averages
+  forget fast; ``None`` or 0 turns the ramp-up off.
   """
   halflife = jnp.asarray(ema_halflife_kimg * 1000.0, jnp.float32)
-  if ema_rampup_ratio is not None:
+  if ema_rampup_ratio:  # None or 0: no ramp-up
     seen = jnp.asarray(step, jnp.float32) * batch_size
     halflife = jnp.minimum(halflife, seen * ema_rampup_ratio)
   return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
