@@ -43,7 +43,7 @@ __all__ = [
     "LOSS_DEFAULTS", "vp_sigma", "vp_sigma_inv", "precond_coefficients", "precondition", "loss_sigma", "loss",
     "make_loss_fn", "score_from_denoiser", "denoiser_from_score", "sde_sigma_range", "edm_time_steps",
     "edm_sampler", "ablation_sampler", "ablation_time_steps", "sampler_nfe", "edm_draws", "edm_sample",
-    "guided_denoiser", "ema_beta", "TRAINING_LOSSES", "split_params",
+    "guided_denoiser", "guided_score", "drop_labels", "ema_beta", "TRAINING_LOSSES", "split_params",
 ]
 
 PRECONDS = ("vp", "ve", "edm")
@@ -566,6 +566,23 @@ def guided_denoiser(denoise_cond_fn: DenoiseFn, denoise_uncond_fn: DenoiseFn, w:
     d_uncond = denoise_uncond_fn(x, sigma)
     return d_uncond + w * (denoise_cond_fn(x, sigma) - d_uncond)
   return denoise_fn
+
+
+def guided_score(score_cond_fn, score_uncond_fn, w: float):
+  """Classifier-free guidance of score models, ``s_u + w (s_c - s_u)``: the score of :func:`guided_denoiser` under
+  :func:`score_from_denoiser` (both are affine in the score with the same coefficients), for the PC / ODE / fast
+  samplers."""
+  def score_fn(x, t):
+    s_uncond = score_uncond_fn(x, t)
+    return s_uncond + w * (score_cond_fn(x, t) - s_uncond)
+  return score_fn
+
+
+def drop_labels(labels: Array, u: Array, p: float, null_label: int) -> Array:
+  """Label dropout for classifier-free guidance: ``labels [B]`` with those where ``u [B] < p`` (``u`` uniform in
+  [0, 1)) replaced by the null class ``null_label`` (conventionally ``num_classes``), so that one network learns
+  the conditional and the unconditional denoiser (Ho & Salimans 2022)."""
+  return jnp.where(jnp.asarray(u) < p, jnp.asarray(null_label, jnp.asarray(labels).dtype), labels)
 
 
 def ema_beta(batch_size: int, ema_halflife_kimg: float, step: Array | int = 0,

@@ -310,6 +310,24 @@ def test_guidance_weights():
   assert spread(sample(3.0)) < spread(plain)
 
 
+def test_guided_score_is_the_guided_denoiser_and_labels_drop():
+  """Guidance in the score (for the SDE samplers) equals guidance in the denoiser under the bridge; label
+  dropout sends a fraction p of the labels to the null class."""
+  sde = make_sde("vpsde", 100)
+  cond = _diagonal_mixture_denoiser(np.ones(1), MIXTURE.means[:1], np.full((1, 2), 0.1))
+  uncond = _diagonal_mixture_denoiser(np.full(2, 0.5), MIXTURE.means[:2], np.full((2, 2), 0.1))
+  x = 3.0 * jax.random.normal(jax.random.PRNGKey(0), (16, 2))
+  t = jnp.linspace(0.05, 1.0, 16)
+  via_score = edm.guided_score(edm.score_from_denoiser(sde, cond), edm.score_from_denoiser(sde, uncond), 2.5)
+  via_denoiser = edm.score_from_denoiser(sde, edm.guided_denoiser(cond, uncond, 2.5))
+  np.testing.assert_allclose(jax.jit(via_score)(x, t), jax.jit(via_denoiser)(x, t), rtol=1e-4, atol=1e-4)
+  u = jax.random.uniform(jax.random.PRNGKey(1), (10_000,))
+  labels = jax.random.randint(jax.random.PRNGKey(2), (10_000,), 0, 10)
+  dropped = np.asarray(edm.drop_labels(labels, u, 0.1, 10))
+  assert abs(np.mean(dropped == 10) - 0.1) < 0.01
+  np.testing.assert_array_equal(dropped[dropped != 10], np.asarray(labels)[dropped != 10])
+
+
 def test_ema_beta_half_life_and_ramp_up():
   # at step 0 the ramp-up makes the average the weights themselves
   assert float(edm.ema_beta(512, 500.0, 0)) == 0.0
