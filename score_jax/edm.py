@@ -25,6 +25,7 @@ calls and the ``lax.scan`` loop stay on the device. Sampler parameters are there
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Callable
@@ -266,7 +267,7 @@ def denoiser_from_score(sde: sde_lib.SDE, score_fn) -> DenoiseFn:
 
 
 def sde_sigma_range(sde: sde_lib.SDE, eps: float) -> tuple[float, float]:
-  """The noise levels ``(sigma(eps), sigma(T))`` a score model of ``sde`` was trained on (float64)."""
+  """The noise levels ``(sigma(eps), sigma(T))`` a score model of ``sde`` was trained on (Python floats)."""
   with jax.ensure_compile_time_eval():  # concrete also when called while a sampler is being traced
     a = [sde.marginal_one(jnp.ones(()), jnp.asarray(t, jnp.float32)) for t in (eps, sde.T)]
   return float(a[0][1] / a[0][0]), float(a[1][1] / a[1][0])
@@ -359,11 +360,14 @@ def _iddpm_sigmas(M: int, C_1: float, C_2: float) -> np.ndarray:
   return u
 
 
+@dataclasses.dataclass(frozen=True)
 class _Schedule:
   """sigma(t), sigma'(t), sigma^-1 and the scaling s(t), s'(t) of :func:`ablation_sampler`, numpy float64."""
 
-  def __init__(self, schedule, scaling, beta_d, beta_min):
-    self.schedule, self.scaling, self.beta_d, self.beta_min = schedule, scaling, beta_d, beta_min
+  schedule: str
+  scaling: str
+  beta_d: float
+  beta_min: float
 
   def sigma(self, t):
     if self.schedule == "vp":
@@ -474,7 +478,7 @@ def ablation_sampler(denoise_fn: DenoiseFn, latents: Array, churn_noise: Array, 
     raise ValueError(f"alpha must be > 0, got {alpha!r}.")
   t_steps, sched = ablation_time_steps(num_steps, sigma_min, sigma_max, rho, discretization, schedule, epsilon_s,
                                        C_1, C_2, M, net_sigma_min, net_sigma_max)
-  sched.scaling = scaling
+  sched = dataclasses.replace(sched, scaling=scaling)
   t_cur, t_next = t_steps[:-1], t_steps[1:]
   sigma_cur = sched.sigma(t_cur)
   gamma = _gammas(sigma_cur, num_steps, S_churn, S_min, S_max)
