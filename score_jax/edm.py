@@ -269,8 +269,8 @@ def denoiser_from_score(sde: sde_lib.SDE, score_fn) -> DenoiseFn:
 def sde_sigma_range(sde: sde_lib.SDE, eps: float) -> tuple[float, float]:
   """The noise levels ``(sigma(eps), sigma(T))`` a score model of ``sde`` was trained on (Python floats)."""
   with jax.ensure_compile_time_eval():  # concrete also when called while a sampler is being traced
-    a = [sde.marginal_one(jnp.ones(()), jnp.asarray(t, jnp.float32)) for t in (eps, sde.T)]
-  return float(a[0][1] / a[0][0]), float(a[1][1] / a[1][0])
+    kernels = [sde.marginal_one(jnp.ones(()), jnp.asarray(t, jnp.float32)) for t in (eps, sde.T)]
+    return tuple(float(s) / float(a) for a, s in kernels)
 
 
 # ---- the samplers (EDM generate.py) --------------------------------------------------------------------

@@ -120,3 +120,12 @@ def test_converted_score_sde_checkpoint_samples_with_edm():
     x, nfe = jax.jit(builders.build_sampler(config, sde, score_fn, shape))(jax.random.PRNGKey(0), 0)
     assert x.shape == shape and np.all(np.isfinite(np.asarray(x))), method
     assert int(nfe) == edm.sampler_nfe(4, fields.get("edm_solver", "heun"))
+
+
+def test_edm_sampler_builds_inside_jit():
+  """``run_lib.make_sample_fn`` builds the sampler while tracing: the model's noise range must stay concrete."""
+  config = _toy_config(method="edm", N=3)
+  sde = builders.build_sde(config)
+  fn = jax.jit(lambda key: builders.build_sampler(config, sde, mixture_score_fn(sde), (8, 2))(key, 0))
+  x, nfe = fn(jax.random.PRNGKey(0))
+  assert x.shape == (8, 2) and int(nfe) == 5 and np.all(np.isfinite(np.asarray(x)))
