@@ -160,3 +160,40 @@ def test_short_edm_run_on_cifar10(tmp_path):
       images = f["images"]
     assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8, name
     assert 0 < images.std(), f"{name}: constant samples"
+
+
+class _LabelEcho(nn.Module):
+  """Returns its label broadcast over the image: what the inner network of EDMPrecond is fed."""
+
+  @nn.compact
+  def __call__(self, x, labels, train=False):
+    return jnp.broadcast_to(labels[:, None, None, None], x.shape)
+
+
+@pytest.mark.parametrize("label_mode", ["positional", "fourier"])
+def test_precond_feeds_the_inner_network_c_noise(label_mode):
+  """DDPM++ embeds its label (gets c_noise); NCSN++'s Fourier embedding takes log(label) (gets exp(c_noise))."""
+  from score_jax import edm
+
+  model = edm_net.EDMPrecond(inner=_LabelEcho(), kind="ve", label_mode=label_mode, output="denoised")
+  x, sigma = jnp.zeros((3, 2, 2, 1)), jnp.array([0.1, 1.0, 10.0])
+  D = model.apply({}, x, sigma)  # x = 0: D = c_out F(0, c_noise)
+  c_skip, c_out, c_in, c_noise = edm.precond_coefficients("ve", sigma)
+  label = jnp.exp(c_noise) if label_mode == "fourier" else c_noise
+  np.testing.assert_allclose(D[:, 0, 0, 0], c_out * label, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["edm_vp", "edm_ve"])
+def test_edm_vp_and_ve_losses_train(loss):
+  """EDM's VP and VE losses and preconditionings through train.make_loss_fn, with their edm.* parameters."""
+  config = _config("configs/edm/cifar10_ddpmpp_edm.py", **TINY, **{"training.loss": loss})
+  config.edm.beta_d, config.edm.sigma_max = 19.9, 100.0
+  settings = builders.edm_settings(config)
+  assert settings["kind"] == loss[4:] and ("beta_d" in settings["loss"]) == (loss == "edm_vp")
+  model = edm_net.EDMPrecond(inner=_TinyNet(), kind=settings["kind"],
+                             precond_params=tuple(sorted(settings["precond"].items())))
+  state, _ = _edm_step(model, config)
+  loss_fn = jax.jit(train.make_loss_fn(config, model, builders.build_sde(config), train=False, per_example=True))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3), minval=-1.0, maxval=1.0)
+  losses = np.asarray(loss_fn(state.params, x, jax.random.PRNGKey(3)))
+  assert losses.shape == (4,) and np.all(np.isfinite(losses)) and np.all(losses > 0)
