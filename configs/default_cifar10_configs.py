@@ -56,6 +56,20 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.schedule = ""  # fast samplers' time steps: time_uniform, time_quadratic, logsnr, karras; "" = default
   sampling.eta = 0.0  # DDIM's stochasticity (0 = deterministic, 1 = ancestral)
   sampling.rho = 7.0  # exponent of the 'karras' schedule (EDM)
+  # EDM's samplers (sampling.method=edm: Algorithm 2; edm_ablation: its generalised sampler; score_jax/edm.py).
+  # sampling.N is their num_steps there (0 = EDM's 18); edm_sigma_min/max 0 = EDM's defaults.
+  sampling.S_churn = 0.0  # stochasticity (0 = deterministic Heun); gamma_i = min(S_churn / N, sqrt(2) - 1)
+  sampling.S_min = 0.0  # churn only where S_min <= sigma_i <= S_max
+  sampling.S_max = float("inf")
+  sampling.S_noise = 1.0  # scale of the churn's fresh noise
+  sampling.edm_sigma_min = 0.0
+  sampling.edm_sigma_max = 0.0
+  sampling.edm_solver = "heun"  # edm_ablation: euler | heun
+  sampling.edm_discretization = "edm"  # edm_ablation: vp | ve | iddpm | edm
+  sampling.edm_schedule = "linear"  # edm_ablation: vp | ve | linear
+  sampling.edm_scaling = "none"  # edm_ablation: vp | none
+  sampling.edm_epsilon_s = 1e-3  # edm_ablation: the vp discretization's last time
+  sampling.edm_alpha = 1.0  # edm_ablation: the second-order step's alpha (1 = Heun)
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9

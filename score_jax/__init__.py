@@ -11,7 +11,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["gmm", "likelihood", "losses", "sampling", "sde_lib", "xla_cpu", "__version__"]
+__all__ = ["edm", "gmm", "likelihood", "losses", "sampling", "sde_lib", "xla_cpu", "__version__"]
 _LAZY = frozenset(__all__) - {"__version__"}
 
 

@@ -17,15 +17,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import fast_sampling, losses, models, nets, sampling, sde_lib, validation
+from score_jax import edm, edm_net, fast_sampling, losses, models, nets, sampling, sde_lib, validation
 from score_jax.nets import ddpm as nets_ddpm
 from score_jax.nets import ncsnv2 as nets_ncsnv2
 from score_jax.nets import wideresnet as nets_wideresnet
 
 __all__ = [
     "MODEL_BUILDERS", "build_sde", "build_model", "build_loss_fn", "build_optimizer", "sampler_kwargs", "validate",
-    "SAMPLING_METHODS", "sampler_settings", "build_sampler", "CLASSIFIER_BUILDERS", "is_classifier",
-    "build_classifier",
+    "SAMPLING_METHODS", "EDM_METHODS", "EDM_SAMPLING_DEFAULTS", "sampler_settings", "build_sampler",
+    "CLASSIFIER_BUILDERS", "is_classifier", "build_classifier", "EDM_NETWORKS", "edm_settings",
 ]
 
 
@@ -149,11 +149,53 @@ MODEL_BUILDERS = {
 
 
 def build_model(config: ml_collections.ConfigDict):
-  """The score network named by ``model.name``, built from typed arguments."""
+  """The score network named by ``model.name``, built from typed arguments; inside EDM's preconditioning when
+  ``training.loss`` is an EDM loss (:func:`edm_settings`)."""
   name = config.model.name
   if name not in MODEL_BUILDERS:
     raise ValueError(f"Unknown model.name {name!r}; expected one of {sorted(MODEL_BUILDERS)}.")
-  return MODEL_BUILDERS[name](config)
+  net = MODEL_BUILDERS[name](config)
+  settings = edm_settings(config)
+  if settings is None:
+    return net
+  return edm_net.EDMPrecond(inner=net, kind=settings["kind"], precond_params=tuple(sorted(settings["precond"].items())),
+                            label_mode="fourier" if str(config.model.embedding_type).lower() == "fourier"
+                            else "positional")
+
+
+# Networks that can sit inside EDM's preconditioning: they take any float label.
+EDM_NETWORKS = ("ncsnpp", "ddpm")
+
+
+def edm_settings(config: ml_collections.ConfigDict) -> dict | None:
+  """``{kind, precond, loss}`` of an EDM ``training.loss`` (``edm``, ``edm_vp``, ``edm_ve``) from the ``edm``
+  section (EDM's names: sigma_data, P_mean, P_std, beta_d, beta_min, M, epsilon_t, sigma_min, sigma_max), or None.
+
+  EDM-trained models are denoisers in the noise level sigma, i.e. score models of a VE SDE: they need
+  ``training.sde='vesde'`` (whose ``model.sigma_min`` / ``sigma_max`` is the sampling range), continuous
+  training, a network of :data:`EDM_NETWORKS` without ``scale_by_sigma``, and centered data.
+  """
+  loss = str(config.training.get("loss", ""))
+  if loss not in edm.TRAINING_LOSSES:
+    return None
+  t, m = config.training, config.model
+  if str(t.sde).lower() != "vesde" or not t.get("continuous", True):
+    raise ValueError(f"training.loss={loss!r} trains a denoiser in sigma: it needs training.sde='vesde' and "
+                     f"training.continuous=True (got {t.sde!r}, continuous={t.get('continuous', True)}).")
+  if m.name not in EDM_NETWORKS:
+    raise ValueError(f"training.loss={loss!r} needs model.name in {list(EDM_NETWORKS)}, got {m.name!r}.")
+  if m.get("scale_by_sigma", False) or not config.data.centered:
+    raise ValueError(f"training.loss={loss!r}: EDM's preconditioning scales the network itself; set "
+                     "model.scale_by_sigma=False and data.centered=True.")
+  kind = edm.TRAINING_LOSSES[loss]
+  section = config.get("edm", ml_collections.ConfigDict()).to_dict()
+  known = set(edm.PRECOND_DEFAULTS[kind]) | set(edm.LOSS_DEFAULTS[kind])
+  unknown = sorted(set(section) - set().union(*edm.PRECOND_DEFAULTS.values(), *edm.LOSS_DEFAULTS.values()))
+  if unknown:
+    raise ValueError(f"edm.{unknown[0]} is not an EDM parameter; the edm section takes {sorted(known)} for "
+                     f"training.loss={loss!r}.")
+  precond, loss_params = edm.split_params(kind, section)
+  return dict(kind=kind, precond=precond, loss=loss_params)
 
 
 TOY_DATASETS = ("gmm2d",)  # data.dataset of the embedded 2-D default (score_jax.pipeline.toy), not images
@@ -212,6 +254,9 @@ def build_classifier(config: ml_collections.ConfigDict):
 def build_loss_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE):
   """``loss_fn(key, score_fn, x)`` for ``training.loss`` (``dsm``, ``ism``, ``ssm``, ``ssm_vr``)."""
   t = config.training
+  if t.loss in edm.TRAINING_LOSSES:
+    edm_settings(config)
+    return None  # trained by score_jax.train (the image launcher); there is no score-function loss
   if t.loss not in ("dsm", "ism", "ssm", "ssm_vr"):
     raise ValueError(f"Unknown training.loss {t.loss!r}; expected one of ['dsm', 'ism', 'ssm', 'ssm_vr'] "
                      "('smld'/'ddpm' need a discrete-time network).")
@@ -250,9 +295,10 @@ def sampler_kwargs(config: ml_collections.ConfigDict) -> dict:
               snr_reduction=s.snr_reduction)
 
 
-# sampling.method -> what it runs: the paper's predictor-corrector and probability-flow ODE samplers, and
-# the fast samplers of score_jax.fast_sampling.
-SAMPLING_METHODS = ("pc", "ode") + fast_sampling.FAST_SAMPLERS
+# sampling.method -> what it runs: the paper's predictor-corrector and probability-flow ODE samplers, the
+# fast samplers of score_jax.fast_sampling, and EDM's Algorithm 2 and ablation sampler (score_jax.edm).
+EDM_METHODS = ("edm", "edm_ablation")
+SAMPLING_METHODS = ("pc", "ode") + fast_sampling.FAST_SAMPLERS + EDM_METHODS
 
 
 def _get(s: ml_collections.ConfigDict, name: str, default):
@@ -306,6 +352,8 @@ def sampler_settings(config: ml_collections.ConfigDict) -> dict:
       raise ValueError(f"sampling.ode_solver={solver!r}, sampling.ode_steps={steps}: {e}") from None
     out.update(solver=solver, steps=steps, rtol=_sampler_float(s.ode_rtol, "sampling.ode_rtol", 0.0, strict=True),
                atol=_sampler_float(s.ode_atol, "sampling.ode_atol", 0.0, strict=True))
+  elif method in EDM_METHODS:
+    out.update(edm=_edm_sampler_settings(s, method))
   else:
     schedule = _get(s, "schedule", "") or fast_sampling.DEFAULT_SCHEDULES[method]
     if schedule not in fast_sampling.SCHEDULES:
@@ -318,6 +366,64 @@ def sampler_settings(config: ml_collections.ConfigDict) -> dict:
     out.update(schedule=schedule, eta=eta, rho=_sampler_float(_get(s, "rho", fast_sampling.EDM_RHO),
                                                               "sampling.rho", 0.0, strict=True))
   return out
+
+
+# EDM's generate.py defaults of the sampling.* fields that only its samplers read.
+EDM_SAMPLING_DEFAULTS = dict(N=18, edm_sigma_min=0.0, edm_sigma_max=0.0, S_churn=0.0, S_min=0.0, S_max=float("inf"),
+                             S_noise=1.0, edm_solver="heun", edm_discretization="edm", edm_schedule="linear",
+                             edm_scaling="none", edm_epsilon_s=1e-3, edm_alpha=1.0)
+
+
+def _edm_sampler_settings(s: ml_collections.ConfigDict, method: str) -> dict:
+  """Keyword arguments of :func:`score_jax.edm.edm_sampler` / ``ablation_sampler`` from ``sampling.*``.
+
+  ``sampling.N`` is ``num_steps`` (0: EDM's 18); ``sampling.edm_sigma_min`` / ``edm_sigma_max`` at 0 are EDM's
+  defaults (edm: 0.002 / 80, ablation: those of the discretization), clamped to the model's noise range.
+  """
+  d = EDM_SAMPLING_DEFAULTS
+  kw = dict(num_steps=_sampler_int(_get(s, "N", 0), "sampling.N", 0) or d["N"],
+            rho=_sampler_float(_get(s, "rho", fast_sampling.EDM_RHO), "sampling.rho", 0.0, strict=True),
+            S_churn=_sampler_float(_get(s, "S_churn", d["S_churn"]), "sampling.S_churn", 0.0),
+            S_min=_sampler_float(_get(s, "S_min", d["S_min"]), "sampling.S_min", 0.0),
+            S_noise=_sampler_float(_get(s, "S_noise", d["S_noise"]), "sampling.S_noise", 0.0))
+  s_max = _get(s, "S_max", d["S_max"])
+  if s_max != float("inf"):
+    s_max = _sampler_float(s_max, "sampling.S_max", kw["S_min"])
+  kw["S_max"] = float(s_max)
+  for field in ("edm_sigma_min", "edm_sigma_max"):
+    kw[field] = _sampler_float(_get(s, field, d[field]), f"sampling.{field}", 0.0)
+  if kw["edm_sigma_max"] and kw["edm_sigma_max"] <= kw["edm_sigma_min"]:
+    raise ValueError(f"sampling.edm_sigma_max={kw['edm_sigma_max']!r} must exceed sampling.edm_sigma_min="
+                     f"{kw['edm_sigma_min']!r} (or be 0 for the default).")
+  if method == "edm_ablation":
+    for field, choices in (("solver", edm.SOLVERS), ("discretization", edm.DISCRETIZATIONS),
+                           ("schedule", edm.SCHEDULES), ("scaling", edm.SCALINGS)):
+      value = _get(s, f"edm_{field}", d[f"edm_{field}"])
+      if value not in choices:
+        raise ValueError(f"sampling.edm_{field}={value!r}; expected one of {list(choices)}.")
+      kw[field] = value
+    kw["epsilon_s"] = _sampler_float(_get(s, "edm_epsilon_s", d["edm_epsilon_s"]), "sampling.edm_epsilon_s", 0.0,
+                                     strict=True)
+    kw["alpha"] = _sampler_float(_get(s, "edm_alpha", d["edm_alpha"]), "sampling.edm_alpha", 0.0, strict=True)
+  return kw
+
+
+def _edm_sample_fn(method: str, settings: dict, sde: sde_lib.SDE, score_fn, shape, eps: float):
+  """``sample(key, offset)`` of EDM's samplers on a score model of ``sde``, through its denoiser."""
+  kw = dict(settings)
+  lo, hi = edm.sde_sigma_range(sde, eps)  # the model's noise range, as EDM clamps to its network's
+  user_min, user_max = kw.pop("edm_sigma_min"), kw.pop("edm_sigma_max")
+  if method == "edm":
+    kw.update(sigma_min=max(user_min or 0.002, lo), sigma_max=min(user_max or 80.0, hi))
+  else:
+    kw.update(sigma_min=user_min or None, sigma_max=user_max or None, net_sigma_min=lo, net_sigma_max=hi)
+  denoise_fn = edm.denoiser_from_score(sde, score_fn)
+  nfe = edm.sampler_nfe(kw["num_steps"], kw.get("solver", "heun"))
+
+  def sample(key, offset):
+    x = edm.edm_sample(key, denoise_fn, shape, ablation=method == "edm_ablation", sample_offset=offset, **kw)
+    return x, jnp.asarray(nfe)
+  return sample
 
 
 def build_sampler(config: ml_collections.ConfigDict, sde: sde_lib.SDE, score_fn, shape):
@@ -343,6 +449,8 @@ def build_sampler(config: ml_collections.ConfigDict, sde: sde_lib.SDE, score_fn,
       z = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
       return sampling.ode_sample(None, sde, score_fn, shape, z=z, rtol=st["rtol"], atol=st["atol"], eps=st["eps"],
                                  denoise=st["denoise"], solver=st["solver"], steps=st["steps"])
+  elif method in EDM_METHODS:
+    sample = _edm_sample_fn(method, st["edm"], sde, score_fn, shape, st["eps"])
   else:
     def sample(key, offset):
       x, nfe = fast_sampling.fast_sample(method, key, sde, score_fn, shape, steps=st["N"], schedule=st["schedule"],

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_jax import losses, models, randomness, sde_lib
+from score_jax import edm, losses, models, randomness, sde_lib
 
 Array = jax.Array
 
@@ -106,6 +106,11 @@ def loss_kind(config: ml_collections.ConfigDict, sde: sde_lib.SDE) -> str:
   """The objective of ``config``, as the original derives it: ``dsm`` if ``training.continuous``, else
   ``smld`` for a VE SDE and ``ddpm`` for a VP SDE. A ``training.loss`` that disagrees is an error."""
   t = config.training
+  if t.get("loss", "") in edm.TRAINING_LOSSES:
+    if not (t.continuous and isinstance(sde, sde_lib.VESDE)):
+      raise ValueError(f"training.loss={t.loss!r} (EDM) needs training.continuous=True and a VE SDE, got "
+                       f"continuous={t.continuous} with {type(sde).__name__}.")
+    return t.loss
   if t.continuous:
     kind = "dsm"
   elif isinstance(sde, sde_lib.VESDE):
@@ -250,6 +255,10 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
   kind = loss_kind(config, sde)
   compute_dtype = jnp.bfloat16 if t.get("bf16", False) else jnp.float32
   eps = t.get("eps", 1e-5)
+  if kind in edm.TRAINING_LOSSES:  # EDM: the network is a score_jax.edm_net.EDMPrecond (builders.build_model)
+    edm_kind = edm.TRAINING_LOSSES[kind]
+    _, edm_loss_params = edm.split_params(edm_kind, config.get("edm", ml_collections.ConfigDict()).to_dict())
+    model = model.clone(output="denoised")
 
   def loss_fn(params, x, key_step, offset=0):
     keys = example_keys(key_step, x.shape[0], offset)  # [B]
@@ -257,6 +266,12 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
     key_t = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_T))(keys)
     model_fn = make_model_fn(model, params, keys, compute_dtype, train)
     x = x.astype(jnp.float32)
+    if kind in edm.TRAINING_LOSSES:  # per element as EDM; summed per example (EDM's) or averaged (reduce_mean)
+      draw_u = jax.random.normal if edm_kind == "edm" else jax.random.uniform
+      u = jax.vmap(lambda k: draw_u(k, ()))(key_t)  # [B]
+      per_element = edm.loss(edm_kind, model_fn, x, u, noise, **edm_loss_params)
+      per_ex = jax.vmap(jnp.mean if t.reduce_mean else jnp.sum)(per_element)
+      return per_ex if per_example else jnp.mean(per_ex)
     if kind == "dsm":
       time = jax.vmap(lambda k: example_time(k, sde, eps))(keys)  # [B]
       score_fn = models.make_score_fn(sde, model_fn, continuous=True)
@@ -296,6 +311,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
   """
   loss_fn = make_loss_fn(config, model, sde) if loss_fn is None else loss_fn
   ema_rate = config.model.ema_rate
+  # EDM's EMA: a half-life in thousands of images with ramp-up (edm.ema_beta), instead of the fixed rate.
+  ema_halflife_kimg = config.model.get("ema_halflife_kimg", 0.0)
+  ema_rampup_ratio = config.model.get("ema_rampup_ratio", 0.0)
 
   def step(state: TrainState, x: Array, key: Array):
     key_step = jax.random.fold_in(key, state.step)
@@ -306,7 +324,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = ema_update(state.ema_params, params, ema_rate)
+    rate = ema_rate if not ema_halflife_kimg else edm.ema_beta(config.training.batch_size, ema_halflife_kimg,
+                                                                state.step, ema_rampup_ratio)
+    ema_params = ema_update(state.ema_params, params, rate)
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
     return new_state, dict(loss=loss, grad_norm=optax.tree.norm(grads))
 

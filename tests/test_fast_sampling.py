@@ -236,7 +236,7 @@ def test_build_sampler_runs_every_method_with_its_nfe(method):
   sample = builders.build_sampler(config, sde, gaussian_score_fn(sde), (3, 2))
   x, nfe = jax.jit(sample)(jax.random.PRNGKey(0), 0)
   assert x.shape == (3, 2) and np.all(np.isfinite(np.asarray(x)))
-  expected = {"pc": 25 * 2, "ddim": 5, "dpm_solver": 5, "heun": 9}
+  expected = {"pc": 25 * 2, "ddim": 5, "dpm_solver": 5, "heun": 9, "edm": 7, "edm_ablation": 7}  # edm: 2N - 1
   if method == "ode":
     assert int(nfe) > 7
   else:
