@@ -136,3 +136,132 @@ def test_grad_accumulation_on_two_devices_equals_one_device_full_batch():
   assert out["step"] == 3
   assert out["jit"] < 1e-6 and out["pmap"] < 1e-6 and out["ema"] < 1e-6, out
   assert "grad_accum_steps=8" in out["error"], out
+
+
+# ---- rematerialisation ---------------------------------------------------------------------------------
+
+def _assert_close(a, b, rtol=1e-6):
+  """``b`` equal to ``a`` within ``rtol`` relative (norm of the difference over the norm of ``a``, the whole
+  tree flattened), and each leaf within ``100 rtol`` of its own largest entry (or of the tree's, for leaves
+  that are round-off only)."""
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  assert _rel(a, b) <= rtol
+  top = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(a))
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    assert x.shape == y.shape
+    scale = max(float(jnp.max(jnp.abs(x))), 1e-3 * top)
+    assert float(jnp.max(jnp.abs(x - y))) <= 100 * rtol * scale
+
+
+def _block_cases():
+  from score_jax.nets import layers, layerspp, ncsn_layers, normalization
+
+  swish = layers.get_act("swish")
+  group_norm = normalization.get_normalization("GroupNorm")
+  cond_norm = normalization.get_normalization("InstanceNorm++", conditional=True, num_classes=3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))
+  temb = jax.random.normal(jax.random.PRNGKey(1), (2, 16))
+  y = jnp.array([0, 2])
+  # (class, fields, call arguments, static_argnums): every block a network rematerialises
+  return [
+      (layerspp.ResnetBlockBigGANpp, dict(act=swish, down=True, out_ch=16, dropout=0.5, fir=True), (x, temb, True),
+       (3,)),
+      (layerspp.ResnetBlockDDPMpp, dict(act=swish, out_ch=16, dropout=0.5), (x, temb, True), (3,)),
+      (layerspp.AttnBlockpp, dict(skip_rescale=True), (x,), ()),
+      (layers.ResnetBlockDDPM, dict(act=swish, normalize=group_norm, out_ch=64, dropout=0.5), (x, temb, True), (3,)),
+      (layers.AttnBlock, dict(normalize=group_norm), (x,), ()),
+      (ncsn_layers.ResidualBlock, dict(output_dim=16, normalization=normalization.InstanceNorm2dPlus,
+                                       resample="down", act=nn.elu, dilation=1), (x,), ()),
+      (ncsn_layers.ConditionalResidualBlock, dict(output_dim=32, normalization=cond_norm, act=nn.elu, dilation=2),
+       (x, y), ()),
+      (ncsn_layers.RefineBlock, dict(output_shape=(4, 4), features=32, act=nn.elu), ([x, x[:, ::2, ::2]],), ()),
+      (ncsn_layers.CondRefineBlock, dict(output_shape=(4, 4), features=32, normalizer=cond_norm, act=nn.elu,
+                                         end=True), ([x, x[:, ::2, ::2]], y), ()),
+  ]
+
+
+# The default suite checks the cheapest blocks of each family with one policy; the slow marker runs all.
+_FAST_BLOCKS = ("ResnetBlockBigGANpp", "AttnBlockpp", "ResnetBlockDDPM", "ResidualBlock", "ConditionalResidualBlock")
+
+
+@pytest.mark.parametrize("remat, which", [
+    ("block", "fast"),
+    pytest.param("block", "all", marks=pytest.mark.slow),
+    pytest.param("block_save_convs", "all", marks=pytest.mark.slow)])
+def test_remat_blocks_keep_variables_outputs_and_gradients(remat, which):
+  from score_jax.nets import remat as nets_remat
+
+  for cls, fields, args, static in _block_cases():
+    if which == "fast" and cls.__name__ not in _FAST_BLOCKS:
+      continue
+    plain, wrapped = cls(**fields), nets_remat.remat_block(cls, remat, static)(**fields)
+    assert type(wrapped).__name__ == cls.__name__
+    rngs = {"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}
+    variables = plain.init(rngs, *args)
+    _assert_close(variables, wrapped.init(rngs, *args), rtol=0)
+
+    results = []
+    for module in (plain, wrapped):
+      def loss(params, module=module, variables=variables, args=args):
+        out = module.apply({**variables, "params": params}, *args, rngs={"dropout": jax.random.PRNGKey(4)})
+        return jnp.sum(out * jnp.cos(out)), out
+
+      (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+      results.append((out, grads))
+    _assert_close(results[0][0], results[1][0])  # dropout masks (train=True) included
+    _assert_close(results[0][1], results[1][1])
+
+
+# (config, overrides of a toy-size network): one per family
+_NETWORKS = {
+    "ncsnpp": ("configs/ve/cifar10_ncsnpp_continuous.py", {}),
+    "ddpmpp": ("configs/vp/cifar10_ddpmpp_continuous.py", {}),
+    "ddpm": ("configs/vp/ddpm/cifar10.py", {"model.nf": 32}),
+    "ncsnv2": ("configs/ve/ncsnv2/cifar10.py", {}),
+}
+
+
+def _toy_network_config(name, remat):
+  path, overrides = _NETWORKS[name]
+  config = configs_loader.load_config(ROOT / path)
+  config.data.image_size = 8
+  config.model.update(nf=8, remat=remat)
+  if "ch_mult" in config.model:
+    config.model.update(ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+  for dotted, value in overrides.items():
+    section, field = dotted.split(".")
+    config[section][field] = value
+  return config
+
+
+def _init_shapes(config):
+  model = builders.build_model(config)
+  x = jnp.zeros((1, 8, 8, 3))
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, jnp.zeros((1,), jnp.int32)))
+
+
+@pytest.mark.parametrize("name", sorted(_NETWORKS))
+def test_remat_keeps_every_networks_variable_tree(name):
+  reference = _init_shapes(_toy_network_config(name, "none"))
+  for remat in ("block", "block_save_convs"):
+    shapes = _init_shapes(_toy_network_config(name, remat))
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(reference)
+    assert jax.tree_util.tree_map(lambda a: a.shape, shapes) == jax.tree_util.tree_map(lambda a: a.shape, reference)
+  with pytest.raises(ValueError, match="model.remat"):
+    builders.build_model(_toy_network_config(name, "everything"))
+
+
+@pytest.mark.slow  # compiles each toy network twice: 0.5 to 3 minutes each on two loaded CPU cores
+@pytest.mark.parametrize("name", sorted(_NETWORKS))
+def test_remat_keeps_every_networks_loss_and_gradients(name):
+  """The training loss (dropout on, per-example masks) and its gradients with and without remat."""
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  results = []
+  for remat in ("none", "block"):
+    config = _toy_network_config(name, remat)
+    model, sde = builders.build_model(config), builders.build_sde(config)
+    variables = jax.jit(lambda k, m=model: m.init({"params": k, "dropout": k}, x, jnp.zeros((2,), jnp.int32)))(
+        jax.random.PRNGKey(0))
+    loss_fn = train.make_loss_fn(config, model, sde)
+    results.append(jax.jit(jax.value_and_grad(loss_fn))(variables["params"], x, jax.random.PRNGKey(3)))
+  _assert_close(results[0], results[1])
