@@ -124,7 +124,7 @@ def parse_args(argv: Sequence[str]):
   """``(args, config)``; every error exits with status 2 before any compilation."""
   import jax
 
-  from score_jax import builders, configs_loader
+  from score_jax import builders, configs_loader, train
 
   bench_train = _load_bench_train()
   parser = build_parser()
@@ -163,8 +163,13 @@ def parse_args(argv: Sequence[str]):
   for what, value in (("--sample_batch", args.sample_batch), ("--inception_batch", args.inception_batch)):
     if value is not None and value % n:
       parser.error(f"{what} {value} is not divisible by the number of devices {n}")
-  try:
-    builders.validate(config)
+  try:  # what the train step, the sampler and the Inception step build (discrete objectives included)
+    sde = builders.build_sde(config)
+    builders.build_model(config)
+    builders.build_optimizer(config)
+    train.loss_kind(config, sde)
+    train.grad_accum_steps(config)
+    builders.sampler_settings(config)
   except (ValueError, KeyError, AttributeError) as e:
     parser.error(f"the config does not build: {e}")
   return args, config
