@@ -36,6 +36,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.overwrite = False  # score_jax: never replace a trained model in --workdir unless asked to
   training.parallel = "jit"  # score_jax: data parallelism by 'jit' over a device mesh, or 'pmap' (the original's)
   training.bf16 = False  # score_jax: run the network in bfloat16 (fp32 master weights, fp32 loss)
+  # score_jax: split each step's batch into this many micro-batches whose gradients are accumulated in the
+  # jitted step (same update, the memory of one micro-batch); the batch per device must be a multiple of it.
+  training.grad_accum_steps = 1
   training.keep_snapshots = 0  # score_jax: periodic snapshots kept (the newest); 0 keeps all, as the original
   training.snapshot_num_samples = 64  # score_jax: samples in the grid written at each snapshot
 
@@ -89,6 +92,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.beta_max = 20.0
   model.dropout = 0.0
   model.embedding_type = "fourier"
+  # score_jax: rematerialisation in the networks (score_jax.nets.remat.REMAT_POLICIES): "none", "block"
+  # (recompute each block in the backward pass) or "block_save_convs" (keep its convolution outputs only).
+  model.remat = "none"
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0

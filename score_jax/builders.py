@@ -20,6 +20,7 @@ import optax
 from score_jax import edm, edm_net, fast_sampling, losses, models, nets, sampling, sde_lib, validation
 from score_jax.nets import ddpm as nets_ddpm
 from score_jax.nets import ncsnv2 as nets_ncsnv2
+from score_jax.nets import remat as nets_remat
 from score_jax.nets import wideresnet as nets_wideresnet
 
 __all__ = [
@@ -51,6 +52,13 @@ def _build_score_mlp(config: ml_collections.ConfigDict):
                          scale_by_sigma=str(config.training.sde).lower() == "vesde")
 
 
+def _remat(config: ml_collections.ConfigDict) -> str:
+  """``model.remat`` ('none' where a config has none), checked (:data:`score_jax.nets.remat.REMAT_POLICIES`)."""
+  remat = config.model.get("remat", "none")
+  nets_remat.check_remat(remat)
+  return remat
+
+
 def _build_ncsnpp(config: ml_collections.ConfigDict):
   """NCSN++ / DDPM++ from ``model.*``, ``data.centered/image_size/num_channels`` and ``training.continuous``."""
   m, d = config.model, config.data
@@ -74,7 +82,7 @@ def _build_ncsnpp(config: ml_collections.ConfigDict):
       attention_type=lower(m.attention_type), init_scale=m.init_scale, fourier_scale=fourier_scale,
       embedding_type=lower(m.embedding_type), scale_by_sigma=m.scale_by_sigma, nonlinearity=lower(m.nonlinearity),
       centered=d.centered, continuous=config.training.continuous, sigma_min=m.sigma_min, sigma_max=m.sigma_max,
-      num_scales=m.num_scales, conv_size=m.conv_size)
+      num_scales=m.num_scales, conv_size=m.conv_size, remat=_remat(config))
 
 
 def _check_image_data(config: ml_collections.ConfigDict) -> None:
@@ -92,7 +100,8 @@ def _build_ddpm(config: ml_collections.ConfigDict):
       nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
       dropout=m.dropout, resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
       normalization=m.normalization, nonlinearity=str(m.nonlinearity).lower(), centered=d.centered,
-      scale_by_sigma=m.scale_by_sigma, sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales)
+      scale_by_sigma=m.scale_by_sigma, sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales,
+      remat=_remat(config))
   nets_ddpm.check_ddpm(net, d.image_size)
   return net
 
@@ -108,7 +117,7 @@ def _build_ncsn_family(config: ml_collections.ConfigDict, net_cls):
   _check_image_data(config)
   net = net_cls(nf=m.nf, normalization=m.normalization, nonlinearity=str(m.nonlinearity).lower(),
                 interpolation=m.interpolation, centered=d.centered, scale_by_sigma=m.scale_by_sigma,
-                sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales)
+                sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales, remat=_remat(config))
   nets_ncsnv2.check_ncsn(net, d.image_size)
   return net
 

@@ -49,9 +49,9 @@ def make_example_fn(model: nn.Module, sde: sde_lib.SDE, *, eps: float, compute_d
   depend on its batching. It is classified at ``x_t = a(t) x + s(t) z`` with noise level ``s(t)``.
   """
 
-  def fn(params, batch, key_step, offset=0):
+  def fn(params, batch, key_step, offset=0, stride=1):
     x, labels = batch
-    keys = train.example_keys(key_step, x.shape[0], offset)  # [B]
+    keys = train.example_keys(key_step, x.shape[0], offset, stride)  # [B]
 
     def perturb(key, x1):
       t = jax.random.uniform(jax.random.fold_in(key, randomness.EXAMPLE_T), ()) * (sde.T - eps) + eps
@@ -71,7 +71,8 @@ def make_loss_fn(model: nn.Module, sde: sde_lib.SDE, *, eps: float, bf16: bool =
   """``loss_fn(params, (x, labels), key_step, offset=0) -> scalar``: the mean cross-entropy on perturbed data,
   the ``loss_fn`` of :func:`score_jax.train.make_train_step` for a classifier."""
   fn = make_example_fn(model, sde, eps=eps, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32)
-  return lambda params, batch, key_step, offset=0: jnp.mean(fn(params, batch, key_step, offset)["loss"])
+  return lambda params, batch, key_step, offset=0, stride=1: jnp.mean(fn(params, batch, key_step, offset,
+                                                                         stride)["loss"])
 
 
 def make_eval_fn(model: nn.Module, sde: sde_lib.SDE, *, eps: float):

@@ -136,7 +136,9 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
     donate: let XLA reuse the input state's memory (do not use that state after the call).
 
   Returns:
-    ``pstep(state, xs, key) -> (state, metrics)``: ``state`` laid out by :func:`replicate` for ``mode``; ``xs``
+    ``pstep(state, xs, key) -> (state, metrics)``; its attribute ``compiled_fn`` is the ``jax.jit`` /
+    ``jax.pmap`` function it calls after laying out the batch (``.lower(...)`` it to inspect the compiled step,
+    as ``scripts/bench_memory.py`` does). ``state`` laid out by :func:`replicate` for ``mode``; ``xs``
     this host's stacked batch ``[n, B, ...]`` or a pytree of them, e.g. (images, labels) (for 'jit' also the
     output of :func:`shard_batch`); ``metrics`` a dict of ``[n]`` arrays. Raises ValueError, before running, if
     ``B`` is not divisible by the devices.
@@ -152,6 +154,11 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
                      "(score_jax.train.make_train_step(..., axis_name=...)).")
   n_devices = jax.device_count() if mode == "pmap" else (make_mesh() if mesh is None else mesh).size
   check_batch_size(config.training.batch_size, n_devices, "training.batch_size")
+  n_micro = train.grad_accum_steps(config)
+  if n_micro > 1 and (config.training.batch_size // n_devices) % n_micro:
+    raise ValueError(f"training.batch_size {config.training.batch_size} over {n_devices} device(s) gives "
+                     f"{config.training.batch_size // n_devices} rows per device, which do not split into "
+                     f"training.grad_accum_steps={n_micro} micro-batches; use a multiple of {n_devices * n_micro}.")
   fused = train.make_fused_train_step(step_fn)
   donate_argnums = (0,) if donate else ()
 
@@ -162,6 +169,7 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
       state, metrics = p_fused(state, jax.tree_util.tree_map(lambda a: shard_batch(a, "pmap"), xs), key)
       return state, unreplicate(metrics, "pmap")  # pmean'd: the same on every device
 
+    pstep.compiled_fn = p_fused
     return pstep
 
   mesh = make_mesh() if mesh is None else mesh
@@ -176,6 +184,7 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
 
     return j_fused(state, jax.tree_util.tree_map(place, xs), key)
 
+  jstep.compiled_fn = j_fused
   return jstep
 
 

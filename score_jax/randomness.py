@@ -67,9 +67,10 @@ def run_key(seed: int, stream: int) -> Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
 
 
-def example_keys(key: Array, batch_size: int, offset: Array | int = 0) -> Array:
-  """Keys ``[batch_size]`` of the examples ``offset + arange(batch_size)``: ``fold_in(key, offset + b)``."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(batch_size))
+def example_keys(key: Array, batch_size: int, offset: Array | int = 0, stride: int = 1) -> Array:
+  """Keys ``[batch_size]`` of the examples ``offset + stride * arange(batch_size)``: ``fold_in(key, index)``
+  (``stride > 1``: a micro-batch of gradient accumulation, every ``stride``-th row of the batch)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + stride * jnp.arange(batch_size))
 
 
 def normal_draws(keys: Array, stream: int, step, shape) -> Array:

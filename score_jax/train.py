@@ -36,6 +36,7 @@ Array = jax.Array
 __all__ = [
     "TrainState", "init_train_state", "loss_kind", "make_loss_fn", "make_eval_loss_fn", "make_train_step",
     "make_fused_train_step", "ema_update", "example_keys", "make_model_fn", "example_time", "example_noise",
+    "grad_accum_steps", "accumulate_value_and_grad",
 ]
 
 
@@ -128,7 +129,7 @@ def loss_kind(config: ml_collections.ConfigDict, sde: sde_lib.SDE) -> str:
   return kind
 
 
-example_keys = randomness.example_keys  # keys [B] of the global-batch rows offset + arange(B)
+example_keys = randomness.example_keys  # keys [B] of the rows offset + stride * arange(B)
 
 
 def example_time(key: Array, sde: sde_lib.SDE, eps: float) -> Array:
@@ -242,10 +243,10 @@ def make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True)
 
 def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, train: bool = True,
                  per_example: bool = False):
-  """``loss_fn(params, x [B, ...], key_step, offset=0) -> scalar`` of the objective of ``config``
+  """``loss_fn(params, x [B, ...], key_step, offset=0, stride=1) -> scalar`` of the objective of ``config``
   (each example's loss ``[B]`` with ``per_example``).
 
-  ``x`` holds the global-batch rows ``offset + arange(B)``; their draws come from :func:`example_keys`.
+  ``x`` holds the global-batch rows ``offset + stride * arange(B)``; their draws come from :func:`example_keys`.
   Continuous training uses denoising score matching (:func:`score_jax.losses.sde_loss`, eq. 7) on the
   network as a score (:func:`score_jax.models.make_score_fn`); discrete training uses SMLD (VE) or DDPM
   (VP) on the raw network. ``training.bf16`` runs the network in bf16 (see :func:`make_model_fn`).
@@ -260,8 +261,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
     _, edm_loss_params = edm.split_params(edm_kind, config.get("edm", ml_collections.ConfigDict()).to_dict())
     model = model.clone(output="denoised")
 
-  def loss_fn(params, x, key_step, offset=0):
-    keys = example_keys(key_step, x.shape[0], offset)  # [B]
+  def loss_fn(params, x, key_step, offset=0, stride=1):
+    keys = example_keys(key_step, x.shape[0], offset, stride)  # [B]
     noise = jax.vmap(lambda k: example_noise(k, x.shape[1:]))(keys)  # [B, ...]
     key_t = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_T))(keys)
     model_fn = make_model_fn(model, params, keys, compute_dtype, train)
@@ -293,6 +294,43 @@ def make_eval_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE
   return make_loss_fn(config, model, sde, train=False, per_example=True)
 
 
+def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
+  """``training.grad_accum_steps`` (1 where a config has none), checked to be an integer >= 1."""
+  k = config.training.get("grad_accum_steps", 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"training.grad_accum_steps={k!r}; expected an integer >= 1 (1: no gradient accumulation).")
+  return k
+
+
+def accumulate_value_and_grad(loss_fn, params, x, key_step: Array, offset: Array | int, n_micro: int):
+  """``(loss, grads)`` of the batch ``x [B, ...]`` (rows ``offset + arange(B)``) as the mean over ``n_micro``
+  micro-batches of ``B / n_micro`` rows, one at a time in a ``lax.scan``.
+
+  Micro-batch ``k`` takes the rows ``k, k + n_micro, k + 2 n_micro, ...`` (a strided split): on a batch
+  sharded over devices in contiguous blocks (``jax.jit`` over a mesh) each micro-batch is then split the
+  same way, with no data movement. Its rows are global examples ``offset + k + n_micro * arange(B / n_micro)``
+  (``loss_fn``'s ``offset`` and ``stride``), so every example draws what it draws in the full batch, and
+  ``loss_fn`` being a mean over its batch, the result is the full batch's up to float rounding. Only one
+  micro-batch's activations are alive at a time; the carry is one gradient.
+  """
+  batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
+  if batch_size % n_micro:
+    raise ValueError(f"the batch of {batch_size} rows (per device) does not split into training.grad_accum_steps="
+                     f"{n_micro} micro-batches; use a batch size that is a multiple of grad_accum_steps x devices.")
+  micro = batch_size // n_micro
+  # [B, ...] -> [B / K, K, ...] -> [K, B / K, ...]: micro-batch k is rows k::K
+  xs = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a.reshape((micro, n_micro) + a.shape[1:]), 0, 1), x)
+
+  def body(total, inputs):
+    k, xk = inputs
+    loss, grads = jax.value_and_grad(loss_fn)(params, xk, key_step, offset + k, n_micro)
+    return jax.tree_util.tree_map(jnp.add, total, (loss, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(n_micro), xs))
+  return jax.tree_util.tree_map(lambda v: v / n_micro, total)
+
+
 def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
                     optimizer: optax.GradientTransformation, axis_name: str | None = None, loss_fn=None):
   """One optimizer step as a pure ``step(state, x [B, ...], key) -> (state, metrics)``.
@@ -302,8 +340,13 @@ def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
   the EMA follows with ``model.ema_rate``. The step's randomness is ``fold_in(key, state.step)``: pass the
   same ``key`` at every step. The returned function carries its ``axis_name`` as an attribute.
 
-  ``loss_fn(params, x, key_step, offset)`` replaces the score objective, e.g. the cross-entropy of
-  :func:`score_jax.classifier.make_loss_fn`, whose ``x`` is a pytree ``(images [B, ...], labels [B])``.
+  With ``training.grad_accum_steps = K > 1`` the gradient is accumulated over ``K`` micro-batches of the
+  (per-device) batch inside the step (:func:`accumulate_value_and_grad`); the optimizer and the EMA still
+  step once per global batch, with the same update as ``K = 1`` up to float rounding.
+
+  ``loss_fn(params, x, key_step, offset, stride=1)`` replaces the score objective, e.g. the cross-entropy of
+  :func:`score_jax.classifier.make_loss_fn`, whose ``x`` is a pytree ``(images [B, ...], labels [B])``; it
+  must be the mean over its batch, and take ``stride`` (rows ``offset + stride * arange(B)``) for ``K > 1``.
 
   Returns:
     ``step``; ``metrics`` holds the fp32 scalars ``loss`` and ``grad_norm`` (before clipping), averaged
@@ -314,12 +357,16 @@ def make_train_step(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE,
   # EDM's EMA: a half-life in thousands of images with ramp-up (edm.ema_beta), instead of the fixed rate.
   ema_halflife_kimg = config.model.get("ema_halflife_kimg", 0.0)
   ema_rampup_ratio = config.model.get("ema_rampup_ratio", 0.0)
+  n_micro = grad_accum_steps(config)
 
   def step(state: TrainState, x: Array, key: Array):
     key_step = jax.random.fold_in(key, state.step)
     batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, x, key_step, offset)
+    if n_micro == 1:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, x, key_step, offset)
+    else:
+      loss, grads = accumulate_value_and_grad(loss_fn, state.params, x, key_step, offset, n_micro)
     if axis_name is not None:
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

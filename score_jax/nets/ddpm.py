@@ -27,6 +27,7 @@ from score_jax.nets.layers import (
 )
 from score_jax.nets.noise_levels import check_integer_labels, check_sigmas, divide_by_sigma, get_sigmas
 from score_jax.nets.normalization import NORMALIZATIONS, check_group_norm_channels, get_normalization
+from score_jax.nets.remat import check_remat, remat_block
 
 Array = jax.Array
 
@@ -73,6 +74,7 @@ def check_ddpm(model: "DDPM", image_size: int) -> None:
                      f"{list(NORMALIZATIONS)}.")
   check_group_norm_channels(model.normalization, ddpm_norm_channels(nf, ch_mult, num_res_blocks), "DDPM")
   get_act(model.nonlinearity)
+  check_remat(model.remat)
   check_sigmas(model.sigma_min, model.sigma_max, model.num_scales, "DDPM")
 
 
@@ -92,6 +94,8 @@ class DDPM(nn.Module):
     centered: whether the data are already in ``[-1, 1]``; otherwise ``x`` in ``[0, 1]`` is mapped there.
     scale_by_sigma: divide the output by ``sigmas[labels]`` (VE / SMLD training with integer labels).
     sigma_min, sigma_max, num_scales: the noise levels for ``scale_by_sigma``.
+    remat: rematerialisation of the residual and attention blocks, one of
+      :data:`score_jax.nets.remat.REMAT_POLICIES` (``model.remat``; same variables and outputs).
   """
 
   nf: int = 128
@@ -108,6 +112,7 @@ class DDPM(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 1000
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
@@ -119,11 +124,14 @@ class DDPM(nn.Module):
     act = get_act(self.nonlinearity)
     normalize = get_normalization(self.normalization)
 
+    resnet_cls = remat_block(ResnetBlockDDPM, self.remat, (3,))  # __call__(x, temb, train): train is static
+    attn_cls = remat_block(AttnBlock, self.remat)
+
     def resnet_block(h, out_ch=None):
-      return ResnetBlockDDPM(act=act, normalize=normalize, out_ch=out_ch, dropout=self.dropout)(h, temb, train)
+      return resnet_cls(act=act, normalize=normalize, out_ch=out_ch, dropout=self.dropout)(h, temb, train)
 
     def attention(h):
-      return AttnBlock(normalize=normalize)(h)
+      return attn_cls(normalize=normalize)(h)
 
     if self.conditional:
       temb = timestep_embedding(labels, self.nf)  # [B, nf]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from score_jax.nets import layers, layerspp
 from score_jax.nets.noise_levels import get_sigmas
+from score_jax.nets.remat import check_remat, remat_block
 
 Array = jax.Array
 
@@ -76,6 +77,8 @@ class NCSNpp(nn.Module):
     continuous: the labels are continuous (``training.continuous``).
     sigma_min, sigma_max, num_scales: the SMLD noise levels for positional + ``scale_by_sigma``.
     conv_size: must be 3 (as in the original, which ignores it).
+    remat: rematerialisation of the residual and attention blocks, one of
+      :data:`score_jax.nets.remat.REMAT_POLICIES` (score_jax's ``model.remat``; same variables and outputs).
   """
 
   nf: int = 128
@@ -104,6 +107,7 @@ class NCSNpp(nn.Module):
   sigma_max: float = 50.0
   num_scales: int = 1000
   conv_size: int = SUPPORTED_CONV_SIZE
+  remat: str = "none"
 
   def __post_init__(self):
     self.validate()
@@ -118,6 +122,7 @@ class NCSNpp(nn.Module):
     _check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
     _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
     layers.get_act(self.nonlinearity)
+    check_remat(self.remat)
     if self.embedding_type == "fourier" and not self.continuous:
       raise ValueError("embedding_type 'fourier' needs continuous labels (training.continuous=True); "
                        "use 'positional' for discrete training.")
@@ -188,7 +193,8 @@ class NCSNpp(nn.Module):
     else:
       temb = None
 
-    attn_block = functools.partial(layerspp.AttnBlockpp, init_scale=self.init_scale, skip_rescale=self.skip_rescale)
+    attn_cls = remat_block(layerspp.AttnBlockpp, self.remat)
+    attn_block = functools.partial(attn_cls, init_scale=self.init_scale, skip_rescale=self.skip_rescale)
     upsample = functools.partial(layerspp.Upsample, with_conv=self.resamp_with_conv, fir=self.fir,
                                  fir_kernel=fir_kernel)
     downsample = functools.partial(layerspp.Downsample, with_conv=self.resamp_with_conv, fir=self.fir,
@@ -198,11 +204,14 @@ class NCSNpp(nn.Module):
                                          with_conv=self.progressive == "residual")
     pyramid_downsample = functools.partial(layerspp.Downsample, fir=self.fir, fir_kernel=fir_kernel,
                                            with_conv=self.progressive_input == "residual")
+    # The blocks are called as block(x, temb, train); train (position 3, counting self) is a Python bool.
     if self.resblock_type == "ddpm":
-      resnet_block = functools.partial(layerspp.ResnetBlockDDPMpp, act=act, dropout=self.dropout,
-                                       init_scale=self.init_scale, skip_rescale=self.skip_rescale)
+      resnet_cls = remat_block(layerspp.ResnetBlockDDPMpp, self.remat, (3,))
+      resnet_block = functools.partial(resnet_cls, act=act, dropout=self.dropout, init_scale=self.init_scale,
+                                       skip_rescale=self.skip_rescale)
     else:
-      resnet_block = functools.partial(layerspp.ResnetBlockBigGANpp, act=act, dropout=self.dropout, fir=self.fir,
+      resnet_cls = remat_block(layerspp.ResnetBlockBigGANpp, self.remat, (3,))
+      resnet_block = functools.partial(resnet_cls, act=act, dropout=self.dropout, fir=self.fir,
                                        fir_kernel=fir_kernel, init_scale=self.init_scale,
                                        skip_rescale=self.skip_rescale)
 

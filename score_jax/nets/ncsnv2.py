@@ -30,6 +30,7 @@ from score_jax.nets.ncsn_layers import (
 )
 from score_jax.nets.noise_levels import check_integer_labels, check_sigmas, divide_by_sigma, get_sigmas
 from score_jax.nets.normalization import NORMALIZATIONS, check_group_norm_channels, get_normalization
+from score_jax.nets.remat import check_remat, remat_block
 
 Array = jax.Array
 
@@ -85,6 +86,7 @@ def check_ncsn(model: "NCSNv2", image_size: int) -> None:
   check_group_norm_channels(model.normalization, [model.nf] + [level.width * model.nf for level in model.plan], name)
   get_act(model.nonlinearity)
   check_interpolation(model.interpolation)
+  check_remat(model.remat)
   check_sigmas(model.sigma_min, model.sigma_max, model.num_scales, name)
 
 
@@ -99,6 +101,8 @@ class NCSNv2(nn.Module):
     centered: whether the data are already in ``[-1, 1]``; otherwise ``x`` in ``[0, 1]`` is mapped there.
     scale_by_sigma: divide the output by ``sigmas[labels]`` (the network then models the score).
     sigma_min, sigma_max, num_scales: the noise levels ``sigmas`` the labels index (:func:`get_sigmas`).
+    remat: rematerialisation of the residual and RefineNet blocks, one of
+      :data:`score_jax.nets.remat.REMAT_POLICIES` (``model.remat``; same variables and outputs).
   """
 
   nf: int = 128
@@ -110,6 +114,7 @@ class NCSNv2(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 232
+  remat: str = "none"
 
   plan: ClassVar[tuple[Level, ...]] = NCSNV2_64_PLAN
   conditional: ClassVar[bool] = False
@@ -133,13 +138,15 @@ class NCSNv2(nn.Module):
 
     def residual(width, resample, dilation, h):
       if self.conditional:
-        return ConditionalResidualBlock(width, norm_factory, resample, act, dilation)(h, labels)
-      return ResidualBlock(width, norm_factory, resample, act, dilation)(h)
+        block = remat_block(ConditionalResidualBlock, self.remat)
+        return block(width, norm_factory, resample, act, dilation)(h, labels)
+      return remat_block(ResidualBlock, self.remat)(width, norm_factory, resample, act, dilation)(h)
 
     def refine(shape, width, start, end, hs):
       if self.conditional:
-        return CondRefineBlock(shape, width, norm_factory, act, self.interpolation, start, end)(hs, labels)
-      return RefineBlock(shape, width, act, self.interpolation, start, end)(hs)
+        block = remat_block(CondRefineBlock, self.remat)
+        return block(shape, width, norm_factory, act, self.interpolation, start, end)(hs, labels)
+      return remat_block(RefineBlock, self.remat)(shape, width, act, self.interpolation, start, end)(hs)
 
     h = x if self.centered else 2.0 * x - 1.0
     h = ncsn_conv3x3(h, self.nf)  # [B, H, W, nf]
