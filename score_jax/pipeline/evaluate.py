@@ -9,10 +9,12 @@ import re
 import time
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 
 from score_jax import builders, checkpoints, datasets, features, fileio
 from score_jax.pipeline import experiment
+from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.evaluators import bpd as bpd_evaluator
 from score_jax.pipeline.evaluators import classifier as classifier_evaluator
 from score_jax.pipeline.evaluators import loss as loss_evaluator
@@ -41,8 +43,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
   ``eval.bpd_num_examples`` (0 = all) limits loss and bits/dim to the first examples of the split. The result
   is written, with the settings it depends on, to ``workdir/eval/<checkpoint>.json`` and TensorBoard, and
   returned. ``checkpoint='all'`` evaluates every checkpoint of ``workdir`` (:func:`evaluate_all`). A classifier
-  config reports test accuracy instead (:mod:`score_jax.pipeline.evaluators.classifier`).
+  config reports test accuracy instead (:mod:`score_jax.pipeline.evaluators.classifier`). The workdir is locked
+  for the whole call (:func:`score_jax.pipeline.workdir.lock`).
   """
+  with workdir_lib.lock(workdir, "eval", enabled=jax.process_index() == 0):
+    return _evaluate(config, workdir, checkpoint=checkpoint, progress=progress, feature_fn=feature_fn)
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None, progress: bool,
+              feature_fn) -> dict:
   if checkpoint == experiment.ALL_CHECKPOINTS:
     return evaluate_all(config, workdir, progress=progress, feature_fn=feature_fn)
   if builders.is_classifier(config):

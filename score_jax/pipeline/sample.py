@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from score_jax import builders, fileio, randomness, validation
 from score_jax.pipeline import experiment, store
+from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
 
 __all__ = ["sample", "draw_samples", "sample_meta"]
@@ -50,14 +51,18 @@ def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None
   Returns:
     a summary with the output directory, the number of samples and chunks, the NFE per sample, and with
     ``feature_fn`` the features directory and the number of feature chunks written.
+
+  Raises:
+    WorkdirLockedError: another process writes ``workdir`` (:func:`score_jax.pipeline.workdir.lock`).
   """
   if builders.is_classifier(config):
     raise ValueError("--mode sample needs a score-model config; a classifier config (with a 'classifier' section) has "
                      "nothing to sample.")
-  exp = experiment.setup(config)
   num = validation.check_int(num_samples or config.eval.num_samples, "num_samples (eval.num_samples)")
-  params, tag, _ = experiment.load_params(exp, workdir, checkpoint)
-  return draw_samples(exp, params, tag, workdir, num, progress=progress, feature_fn=feature_fn)
+  with workdir_lib.lock(workdir, "sample", enabled=jax.process_index() == 0):
+    exp = experiment.setup(config)
+    params, tag, _ = experiment.load_params(exp, workdir, checkpoint)
+    return draw_samples(exp, params, tag, workdir, num, progress=progress, feature_fn=feature_fn)
 
 
 def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progress: bool, feature_fn) -> dict:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from score_jax import checkpoints, classifier, datasets, fileio, parallel, randomness, train
 from score_jax.pipeline import experiment
+from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
 from score_jax.pipeline.writer import MetricWriter
 
@@ -100,7 +101,9 @@ def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool
     num_examples = len(train_ds)
   resume = None
   if workdir is not None and (pathlib.Path(workdir) / checkpoints.SUBDIR).is_dir():
-    with experiment.checkpointer(exp, workdir) as ckpts:
+    # the checkpointer cleans up unfinished saves: not while another process writes them
+    with workdir_lib.lock(workdir, "train --dry_run", enabled=jax.process_index() == 0), \
+        experiment.checkpointer(exp, workdir) as ckpts:
       ckpts.check_compatible()
       resume = ckpts.latest_step()
   return dict(n_params=exp.n_params, n_devices=exp.n_devices, parallel=exp.parallel_mode,
@@ -139,8 +142,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
 
   Returns:
     a summary: final step, last logged loss, steps/s of this session, whether it stopped early.
+
+  Raises:
+    WorkdirLockedError: another process writes ``workdir`` (:func:`score_jax.pipeline.workdir.lock`).
   """
-  exp = experiment.setup(config)
+  with workdir_lib.lock(workdir, "train", enabled=jax.process_index() == 0):  # before anything else: fails fast
+    return _train(experiment.setup(config), workdir, progress=progress, step_lines=step_lines)
+
+
+def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dict:
+  config = exp.config
   t = config.training
   n = experiment.n_jitted_steps(config)
   n_iters = t.n_iters // n * n
