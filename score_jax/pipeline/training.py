@@ -110,14 +110,17 @@ def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool
               train_examples=num_examples, resume_step=resume, summary=experiment.summary_line(exp, "dry run"))
 
 
-def _nan_error(metrics, step: int, n: int, ckpts: checkpoints.Checkpointer) -> FloatingPointError | None:
+def _nan_error(metrics, step: int, n: int, ckpts: checkpoints.Checkpointer,
+               last_good: int | None) -> FloatingPointError | None:
+  """The error of a non-finite loss, naming ``last_good``: the checkpoint this session restored (verified against
+  its digests) or saved last, never merely the newest directory."""
   values = np.asarray(metrics["loss"])
   finite = np.isfinite(values)
   if finite.all():
     return None
   bad = step - n + int(np.argmin(finite)) + 1
-  latest = ckpts.latest_step()
-  where = f"{ckpts.directory / str(latest)} (step {latest})" if latest is not None else "none (no checkpoint yet)"
+  where = (f"{ckpts.directory / str(last_good)} (step {last_good})" if last_good is not None
+           else "none (no checkpoint yet)")
   return FloatingPointError(
       f"the training loss is {values[np.argmin(finite)]} at step {bad}; stopping without saving. Last good "
       f"checkpoint: {where}. Lower optim.lr or raise optim.warmup, or try training.bf16=False, and resume.")
@@ -133,7 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
   periodic snapshot a grid of ``training.snapshot_num_samples`` samples when ``training.snapshot_sampling``.
   SIGTERM saves a checkpoint at the end of the current fused call and returns (every host agrees on the stop,
   :func:`score_jax.parallel.agree_on_stop`). A non-finite loss raises FloatingPointError naming the step and
-  the last good checkpoint; nothing is saved after it.
+  the last good checkpoint (the one restored, which verified against its digests, or the last one saved); nothing
+  is saved after it. Corrupt checkpoints (:class:`score_jax.checkpoints.CheckpointCorruptError`: partial, or
+  arrays that differ from the digests recorded at save) are skipped with a warning naming them.
 
   Training runs ``training.n_iters`` steps rounded down to a multiple of ``training.n_jitted_steps``.
 
@@ -173,6 +178,7 @@ def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dic
   else:
     state = train.TrainState(**restored)
   start = int(state.step)
+  last_good = None if restored is None else start  # restore_latest verified it
   if start % n:
     raise ValueError(f"the checkpoint is at step {start}, not a multiple of training.n_jitted_steps={n}; resume "
                      f"with the n_jitted_steps it was trained with.")
@@ -204,7 +210,7 @@ def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dic
       xs = jax.tree_util.tree_map(lambda *a: np.stack(a), *inputs)  # [n, B_host, H, W, C] (and labels [n, B_host])
       state, metrics = pstep(state, xs, train_key)
       step += n
-      error = _nan_error(metrics, step, n, ckpts)
+      error = _nan_error(metrics, step, n, ckpts, last_good)
       if error is not None:
         raise error
       window.append(np.asarray(metrics["loss"]))
@@ -227,6 +233,7 @@ def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dic
       host_state = parallel.unreplicate(state, mode)
       saved = ckpts.save(experiment.state_dict(host_state), step, force=stop or step == n_iters)
       if saved:
+        last_good = step
         writer.flush()
       if saved and ckpts.is_snapshot(step) and t.get("snapshot_sampling", False):
         if sample_fn is None:
