@@ -159,3 +159,25 @@ def test_evaluations_with_other_settings_are_kept_and_the_same_settings_reused(t
   monkeypatch.setattr(loss_evaluator, "run", no_work)
   again = pipeline.evaluate(first, workdir, progress=False)  # the same settings: the stored result
   assert again == json.loads(saved_a) and record_a.read_bytes() == saved_a
+
+
+# ---- item 8: the log after a kill ----------------------------------------------------------------------------
+
+
+def test_resume_drops_the_log_lines_after_the_restored_step(trained, tmp_path, capsys):
+  """A run killed after logging step 6 but before its checkpoint committed (checkpoint 6 gone, a torn last line):
+  the resumed run logs every step once."""
+  workdir = _copy(trained, tmp_path)
+  shutil.copy(trained["workdir"] / "train_log.jsonl", workdir / "train_log.jsonl")
+  shutil.rmtree(workdir / "checkpoints" / "6")
+  with open(workdir / "train_log.jsonl", "a") as f:
+    f.write('{"step": 8, "loss": 0.')  # cut off mid-write
+  config = tiny_config(trained["data"], **RUN)
+  pipeline.train_and_evaluate(config, workdir, progress=False)
+  records = [json.loads(line) for line in (workdir / "train_log.jsonl").read_text().splitlines()]
+  loss_steps = [r["step"] for r in records if "loss" in r]
+  assert loss_steps == [2, 4, 6]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 6]
+  # and a finished run says so instead of a summary with "loss": null
+  again = pipeline.train_and_evaluate(config, workdir, progress=False)
+  assert again["finished"] and "is already trained to step 6" in capsys.readouterr().out

@@ -182,6 +182,12 @@ def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dic
   if start % n:
     raise ValueError(f"the checkpoint is at step {start}, not a multiple of training.n_jitted_steps={n}; resume "
                      f"with the n_jitted_steps it was trained with.")
+  if start >= n_iters:  # said, rather than a summary with "loss": null
+    ckpts.close()
+    experiment.announce(f"score_jax train: {workdir} is already trained to step {start} (training.n_iters="
+                        f"{t.n_iters}): nothing to do. Raise training.n_iters to train further.")
+    return dict(step=start, n_iters=n_iters, loss=None, steps_per_s=0.0, seconds=0.0, stopped_early=False,
+                checkpoint_dir=str(ckpts.directory), finished=True)
   axis_name = parallel.AXIS_NAME if mode == "pmap" else None
   step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer, axis_name=axis_name,
                                   loss_fn=_train_loss_fn(exp))
@@ -189,7 +195,7 @@ def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dic
   state = parallel.replicate(state, mode)
   train_key = exp.key(randomness.TRAIN)
   workdir.mkdir(parents=True, exist_ok=True)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=None if restored is None else start)
   eval_loss_fn = _eval_loss_fn(exp) if eval_freq else None
   sample_fn = None
   experiment.announce(experiment.summary_line(exp, "train", f"steps {start} -> {n_iters} ({n} per call) | "
