@@ -9,7 +9,8 @@ r"""Sampler ablations: run a grid of ``sampling.*`` settings on one trained mode
 RUN_DIR (``--workdir``) is a launcher run directory; its latest checkpoint (EMA weights) is used, or
 ``--checkpoint`` (a step, or a converted original checkpoint) for image models. Each ``--grid KEY=V1,V2,...``
 names a ``sampling.*`` field of the config and its values (parsed as the field's type); the product of all
-grids is run, every cell from the same seed (``config.seed``), so the cells share their prior draws.
+grids is run, every cell from the same seed (``config.seed``), so the cells share their prior draws (the ODE
+sampler's too: :func:`make_cell_sampler`).
 
 Written to OUT_DIR:
   results.csv, results.md   one row per cell: the grid values, metric(s), NFE, wall time, samples/s
@@ -47,9 +48,9 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import builders, cli, fileio, randomness, validation
+from score_jax import builders, cli, fileio, randomness, sampling, validation
 
-__all__ = ["parse_grid", "make_cells", "run_ablation", "main"]
+__all__ = ["parse_grid", "make_cells", "run_ablation", "main", "make_cell_sampler", "prior_draws"]
 
 SECTION = "sampling"  # grid keys: the checkpoint fixes the model and the SDE, so only the sampler varies
 _MAX_PANELS = 16  # cells drawn in samples.png
@@ -158,6 +159,33 @@ class _Target:
   kind: str
 
 
+def prior_draws(sde, key, offset, shape):
+  """The prior sample ``[B, ...]`` (``shape``) of examples ``offset + b`` as the PC and the fast samplers draw it
+  (``randomness.normal_draws`` of stream ``PRIOR``, scaled by the prior's std)."""
+  keys = randomness.example_keys(key, int(shape[0]), offset)
+  return randomness.normal_draws(keys, randomness.PRIOR, 0, tuple(shape[1:])) * sde.prior_std()
+
+
+def make_cell_sampler(cell_config: ml_collections.ConfigDict, sde, score_fn, shape):
+  """``sample(key, offset) -> (samples, nfe)`` of one cell, every method starting from :func:`prior_draws`.
+
+  The ODE sampler of :func:`score_jax.builders.build_sampler` draws its prior from ``fold_in(key, i)`` alone (as
+  ``--mode sample`` keeps it), unlike the others; here it gets the others' draws, so that the cells of one grid
+  compare sample by sample.
+  """
+  if cell_config.sampling.method != "ode":
+    return builders.build_sampler(cell_config, sde, score_fn, shape)
+  st = builders.sampler_settings(cell_config)
+  shape = tuple(int(d) for d in shape)
+
+  def sample(key, offset):
+    return sampling.ode_sample(None, sde, score_fn, shape, z=prior_draws(sde, key, offset, shape), rtol=st["rtol"],
+                               atol=st["atol"], eps=st["eps"], denoise=st["denoise"], solver=st["solver"],
+                               steps=st["steps"])
+
+  return sample
+
+
 def _toy_target(config, workdir, num_samples: int) -> _Target:
   from score_jax import gmm, metrics
   from score_jax.pipeline import toy
@@ -185,7 +213,7 @@ def _toy_target(config, workdir, num_samples: int) -> _Target:
   reference.update({f"{name}_sd": float(np.std([f[name] for f in floors], ddof=1)) for name in ("sliced_w2", "mmd")})
 
   def make(cell_config, batch):
-    return builders.build_sampler(cell_config, sde, score_fn, (batch, mixture.dim))
+    return make_cell_sampler(cell_config, sde, score_fn, (batch, mixture.dim))
 
   digest = hashlib.sha256((pathlib.Path(workdir) / toy.CHECKPOINT).read_bytes()).hexdigest()[:12]
   return _Target(make, lambda x: np.asarray(x, np.float32), metric_fn, "sliced_w2", reference,
@@ -217,7 +245,11 @@ def _image_target(config, workdir, checkpoint, feature_fn=None) -> _Target:
     logging.warning("no FID Inception weights and/or eval.fid_stats: the table has NFE and speed only.")
 
   def make(cell_config, batch):
-    fn = pipeline.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch)
+    if cell_config.sampling.method == "ode":  # the prior draws of the other methods (make_cell_sampler)
+      fn = jax.jit(lambda params, key, offset: make_cell_sampler(
+          cell_config, exp.sde, pipeline.score_fn(exp, params), (batch,) + exp.image_shape)(key, offset))
+    else:
+      fn = pipeline.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch)
     return lambda key, offset: fn(params, key, offset)
 
   return _Target(make, lambda x: pipeline.to_uint8(exp, x), metric_fn, primary, {}, tag, "images")

@@ -2,8 +2,10 @@
 
 A checkpoint holds the training state pytree ``{params, ema_params, opt_state, step}`` and a small JSON
 record (``meta``): the config sections that fix the parameter tree (``model``, ``data``), the parameter
-shapes and dtypes, their fingerprint, the seed and the data position (the step: batches are drawn from
-``fold_in(key, step)``). Checkpoints live in ``WORKDIR/checkpoints/<step>/`` and are written by an orbax
+shapes and dtypes, their fingerprint, the seed, the data position (the step: batches are drawn from
+``fold_in(key, step)``) and a sha256 of each state entry's arrays (:func:`state_digests`), verified when that
+entry is restored: a checkpoint damaged in place (bytes flipped, same size) is a corrupt checkpoint.
+Checkpoints live in ``WORKDIR/checkpoints/<step>/`` and are written by an orbax
 ``CheckpointManager``, which writes into a temporary directory and renames it when complete; every save is
 awaited (``wait_until_finished``) before older checkpoints are deleted, so a kill at any moment leaves the
 previous checkpoint intact.
@@ -57,6 +59,7 @@ from score_jax.errors import UserError
 
 __all__ = [
     "Checkpointer", "CheckpointCorruptError", "install_sigterm_handler", "should_stop", "request_stop",
+    "state_digests",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,21 @@ def _leaf_paths(tree) -> dict[str, Any]:
 def param_signature(params) -> dict[str, str]:
   """``{'Dense_0/kernel': 'float32[2, 64]', ...}`` of a parameter tree (concrete or abstract arrays)."""
   return {k: f"{np.dtype(v.dtype).name}{list(np.shape(v))}" for k, v in _leaf_paths(params).items()}
+
+
+def state_digests(state: Mapping) -> dict[str, str]:
+  """sha256 of each entry of a state (``{'params': hex, 'ema_params': hex, ...}``), over every leaf's dtype, shape
+  and bytes in tree order: recorded at save, checked for the entries a restore reads (so a partial restore
+  hashes only what it reads)."""
+  out = {}
+  for name in sorted(state):
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(state[name]):
+      a = np.ascontiguousarray(np.asarray(leaf))
+      h.update(f"{a.dtype.str}{a.shape}".encode())
+      h.update(a.tobytes())
+    out[name] = h.hexdigest()
+  return out
 
 
 def _jsonable(x):
@@ -260,7 +278,7 @@ class Checkpointer:
     if not self._checked_existing:
       self._check_directory_compatible()
     meta = dict(fingerprint=self.fingerprint, config=self._config, params=self._signature, seed=self.seed,
-                step=step, data_position=step, time=time.time())
+                step=step, data_position=step, time=time.time(), digests=state_digests(state))
     path = self.directory / str(step)
     if path.exists():
       log.warning("replacing the existing checkpoint %s", path)
@@ -347,7 +365,8 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: there is no checkpoint (of that step).
-      CheckpointCorruptError: that checkpoint is partial, truncated or unreadable.
+      CheckpointCorruptError: that checkpoint is partial, truncated or unreadable, or the entries restored do
+        not match the digests recorded at save.
       ValueError: it belongs to another config (param shapes, config sections or seed differ).
     """
     if step is None:
@@ -358,7 +377,8 @@ class Checkpointer:
     if step not in self.all_steps():
       raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; there are {self.all_steps()}")
     path = self.directory / str(step)
-    self._check_compatible(self._read_meta(step), path)
+    meta = self._read_meta(step)
+    self._check_compatible(meta, path)
     abstract = self._abstract
     if items is not None:
       unknown = sorted(set(items) - set(self._abstract))
@@ -384,7 +404,23 @@ class Checkpointer:
     want = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), abstract)
     if got != want or ("step" in state and int(state["step"]) != step):
       raise CheckpointCorruptError(f"{path}: the restored arrays do not have the recorded shapes, dtypes or step")
+    self._verify(state, meta, path)
     return state
+
+  @staticmethod
+  def _verify(state: Mapping, meta: Mapping, path) -> None:
+    """CheckpointCorruptError unless the restored entries hash to the digests recorded at save (checkpoints
+    written before digests were recorded have none, and pass)."""
+    recorded = meta.get("digests")
+    if not recorded:
+      log.debug("%s records no digests (written by an older score_jax): not verified", path)
+      return
+    found = state_digests(state)
+    bad = sorted(name for name in found if recorded.get(name) != found[name])
+    if bad:
+      raise CheckpointCorruptError(
+          f"{path}: the arrays of {', '.join(bad)} differ from the sha256 recorded when it was saved (the files were "
+          "changed or damaged after the write)")
 
   def restore_latest(self, *, items: Sequence[str] | None = None):
     """The state of the newest valid checkpoint (only ``items`` of it, as :meth:`restore`), or ``None`` when

@@ -49,7 +49,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import io
 import itertools
 import math
 import os
@@ -59,6 +58,7 @@ import re
 import struct
 import tarfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,7 +67,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from score_jax import likelihood
+from score_jax import image_files, likelihood
 
 __all__ = [
     "DATASETS", "Dataset", "get_dataset", "get_data_scaler", "get_data_inverse_scaler", "scale", "inverse_scale",
@@ -180,15 +180,6 @@ DATASETS: dict[str, Any] = {
 # --- Sources: random access to (uint8 image [H, W, C], label) ----------------------------------------------------
 
 
-def _decode(data: bytes, num_channels: int, where: str) -> np.ndarray:
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      image = np.asarray(im.convert("RGB" if num_channels == 3 else "L"))
-  except Exception as e:  # PIL raises several types for corrupt files
-    raise ValueError(f"Cannot decode image {where}: {e}") from e
-  return image if image.ndim == 3 else image[..., None]
-
-
 class _ArraySource:
   """Images held in one uint8 array (npz)."""
 
@@ -214,7 +205,7 @@ class _EncodedSource:
 
   def read(self, index: int) -> tuple[np.ndarray, int | None]:
     key = self.keys[index]
-    return _decode(self.load_fn(key), self.num_channels, f"{key!r} in {self.where}"), int(self.labels[index])
+    return image_files.decode(self.load_fn(key), self.num_channels, f"{key!r} in {self.where}"), int(self.labels[index])
 
 
 class _TfdsSource:
@@ -350,11 +341,16 @@ def _require_root(config: ml_collections.ConfigDict, what: str) -> pathlib.Path:
 
 def _open_npz(config: ml_collections.ConfigDict) -> _ArraySource:
   root = _require_root(config, "an .npz with 'images' [N, H, W, C] uint8 and optional 'labels' [N]")
-  with np.load(root) as f:
-    if "images" not in f:
-      raise ValueError(f"{str(root)!r} has no 'images' array; it has {sorted(f.keys())}.")
-    images = f["images"]
-    labels = f["labels"] if "labels" in f else None
+  try:
+    with np.load(root) as f:
+      names = sorted(f.keys())
+      images = f["images"] if "images" in names else None
+      labels = f["labels"] if "labels" in names else None
+  except Exception as e:  # zipfile, zlib and numpy raise several types for a truncated or damaged file
+    raise ValueError(f"data.root {str(root)!r} is not a readable .npz (truncated or damaged?): "
+                     f"{type(e).__name__}: {e}") from None
+  if images is None:
+    raise ValueError(f"{str(root)!r} has no 'images' array; it has {names}.")
   if images.ndim != 4 or images.dtype != np.uint8:
     raise ValueError(f"'images' in {str(root)!r} must be [N, H, W, C] uint8; got shape {images.shape} "
                      f"dtype {images.dtype}.")
@@ -406,8 +402,9 @@ def _open_folder(config: ml_collections.ConfigDict, split: str) -> _EncodedSourc
   else:
     try:
       members = _read_tar(root, root.stat().st_mtime)
-    except tarfile.TarError as e:
-      raise ValueError(f"data.root {str(root)!r} is neither a folder nor a readable tar archive: {e}") from e
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # a truncated .tar.gz ends in EOFError
+      raise ValueError(f"data.root {str(root)!r} is neither a folder nor a readable tar archive (truncated or "
+                       f"damaged?): {type(e).__name__}: {e}") from None
     paths = list(members)
     load_fn = members.__getitem__
   selected, prefix = _select_split(paths, split, root)
@@ -418,6 +415,11 @@ def _open_folder(config: ml_collections.ConfigDict, split: str) -> _EncodedSourc
   class_names = sorted(set(classes))
   label_of = {name: i for i, name in enumerate(class_names)}
   labels = np.asarray([label_of[c] for c in classes], np.int32)
+  stamp = root.stat().st_mtime_ns if root.is_file() else tuple((p, (root / p).stat().st_mtime_ns) for p in selected)
+  image_files.check_files(selected, load_fn, num_channels=int(config.data.num_channels),
+                          image_size=int(config.data.image_size), where=repr(str(root)),
+                          cache_key=(str(root), prefix, stamp, int(config.data.num_channels),
+                                     int(config.data.image_size)))
   return _EncodedSource(selected, labels, load_fn, int(config.data.num_channels), str(root))
 
 

@@ -1,6 +1,7 @@
 """The pipeline: what ``python -m score_jax.main`` runs for image configs, and the one place that knows the
 layout of a work directory.
 
+  DIR/.lock                        the writer's lock (pipeline.workdir): pid, host and mode of its holder
   DIR/checkpoints/<step>/          orbax checkpoints (score_jax.checkpoints): params, EMA, optimizer state, step
   DIR/tensorboard/                 TensorBoard scalars and sample grids (tensorboardX: no TensorFlow needed)
   DIR/train_log.jsonl              one JSON line per logged step (loss, grad norm, images/s, eval loss)
@@ -35,7 +36,9 @@ from score_jax.pipeline.experiment import (
 from score_jax.pipeline.sample import sample
 from score_jax.pipeline.store import load_features, load_samples, sample_chunks, sample_features
 from score_jax.pipeline.training import dry_run, train_and_evaluate
+from score_jax.pipeline.workdir import WorkdirLockedError
 
 __all__ = ["ALL_CHECKPOINTS", "Experiment", "check_config", "dry_run", "evaluate", "evaluate_all", "load_classifier",
            "load_features", "load_params", "load_samples", "make_sample_fn", "sample", "sample_chunks",
-           "sample_features", "score_fn", "setup", "summary_line", "to_uint8", "train_and_evaluate"]
+           "sample_features", "score_fn", "setup", "summary_line", "to_uint8", "train_and_evaluate",
+           "WorkdirLockedError"]

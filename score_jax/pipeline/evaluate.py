@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pathlib
@@ -9,10 +10,12 @@ import re
 import time
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 
 from score_jax import builders, checkpoints, datasets, features, fileio
 from score_jax.pipeline import experiment
+from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.evaluators import bpd as bpd_evaluator
 from score_jax.pipeline.evaluators import classifier as classifier_evaluator
 from score_jax.pipeline.evaluators import loss as loss_evaluator
@@ -20,7 +23,7 @@ from score_jax.pipeline.evaluators import samples as samples_evaluator
 from score_jax.pipeline.training import check_labelled
 from score_jax.pipeline.writer import MetricWriter
 
-__all__ = ["evaluate", "evaluate_all", "eval_settings", "write_eval"]
+__all__ = ["evaluate", "evaluate_all", "eval_settings", "write_eval", "record_path", "stored_result", "settings_hash"]
 
 log = logging.getLogger("score_jax")
 
@@ -39,10 +42,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
     the statistics are checked before any sample is drawn.
 
   ``eval.bpd_num_examples`` (0 = all) limits loss and bits/dim to the first examples of the split. The result
-  is written, with the settings it depends on, to ``workdir/eval/<checkpoint>.json`` and TensorBoard, and
-  returned. ``checkpoint='all'`` evaluates every checkpoint of ``workdir`` (:func:`evaluate_all`). A classifier
-  config reports test accuracy instead (:mod:`score_jax.pipeline.evaluators.classifier`).
+  is written, with the settings it depends on, to its record ``workdir/eval/<checkpoint>/<settings hash>.json``
+  (and ``eval/<checkpoint>.json``, the newest) and TensorBoard, and returned; the same checkpoint evaluated
+  again with the same settings returns that record without any work (:func:`stored_result`).
+  ``checkpoint='all'`` evaluates every checkpoint of ``workdir`` (:func:`evaluate_all`). A classifier config
+  reports test accuracy instead (:mod:`score_jax.pipeline.evaluators.classifier`). The workdir is locked for
+  the whole call (:func:`score_jax.pipeline.workdir.lock`).
   """
+  with workdir_lib.lock(workdir, "eval", enabled=jax.process_index() == 0):
+    return _evaluate(config, workdir, checkpoint=checkpoint, progress=progress, feature_fn=feature_fn)
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None, progress: bool,
+              feature_fn) -> dict:
   if checkpoint == experiment.ALL_CHECKPOINTS:
     return evaluate_all(config, workdir, progress=progress, feature_fn=feature_fn)
   if builders.is_classifier(config):
@@ -59,6 +71,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | No
   if enable_bpd:
     datasets.get_dataset(config, bpd_split, num_threads=1)  # fail on missing data before loading anything
   params, tag, step = experiment.load_params(exp, workdir, checkpoint)
+  found = stored_result(workdir, tag, eval_settings(config, reference.feature_fn if reference is not None else None))
+  if found is not None:
+    log.info("%s: evaluated before with the same settings; reusing %s", tag, record_path(workdir, tag,
+                                                                                        found["settings"]))
+    return found
   experiment.announce(experiment.summary_line(exp, "eval", f"checkpoint {tag}", batch_size=e.batch_size))
   result: dict[str, Any] = dict(checkpoint=tag, step=step)
   t0 = time.time()
@@ -83,6 +100,11 @@ def _evaluate_classifier(config: ml_collections.ConfigDict, workdir, *, checkpoi
   ds = datasets.get_dataset(config, "eval", num_threads=4)
   check_labelled(exp, ds, "evaluation split")
   params, tag, step = experiment.load_params(exp, workdir, checkpoint)
+  found = stored_result(workdir, tag, eval_settings(config))
+  if found is not None:
+    log.info("%s: evaluated before with the same settings; reusing %s", tag,
+             record_path(workdir, tag, found["settings"]))
+    return found
   experiment.announce(experiment.summary_line(exp, "eval", f"checkpoint {tag}", batch_size=config.eval.batch_size))
   t0 = time.time()
   result: dict[str, Any] = dict(checkpoint=tag, step=step)
@@ -109,16 +131,42 @@ def eval_settings(config: ml_collections.ConfigDict, feature_fn=None) -> dict:
   return json.loads(json.dumps(settings))
 
 
+def settings_hash(settings: dict) -> str:
+  """The first 12 hex digits of the sha256 of ``settings`` (canonical JSON): the name of their record."""
+  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def record_path(workdir, tag: str, settings: dict) -> pathlib.Path:
+  """``workdir/eval/<checkpoint>/<settings hash>.json``: the one record of a checkpoint under these settings."""
+  return pathlib.Path(workdir) / "eval" / tag / f"{settings_hash(settings)}.json"
+
+
+def stored_result(workdir, tag: str, settings: dict) -> dict | None:
+  """The result recorded for checkpoint ``tag`` under exactly ``settings``, or None."""
+  path = record_path(workdir, tag, settings)
+  try:
+    found = json.loads(path.read_text())
+  except FileNotFoundError:
+    return None
+  except ValueError as e:  # a record cut short by a kill before the atomic writes: evaluate again
+    log.warning("ignoring unreadable evaluation record %s (%s)", path, e)
+    return None
+  return found if found.get("settings") == settings else None
+
+
 def write_eval(config: ml_collections.ConfigDict, workdir, result: dict, scalars: Sequence[str],
                feature_fn=None) -> None:
-  """``result`` with its settings to ``workdir/eval/<checkpoint>.json``, and ``scalars`` of it to TensorBoard."""
+  """``result`` with its settings to its record ``workdir/eval/<checkpoint>/<settings hash>.json`` (one per
+  settings: an evaluation with other settings never replaces it), a copy to ``workdir/eval/<checkpoint>.json``
+  (the newest evaluation of that checkpoint), and ``scalars`` of it to TensorBoard."""
   result["settings"] = eval_settings(config, feature_fn)
   with MetricWriter(workdir) as writer:
     if not writer.enabled:
       return
-    out = pathlib.Path(workdir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    fileio.write_json(str(out / f"{result['checkpoint']}.json"), result)
+    record = record_path(workdir, result["checkpoint"], result["settings"])
+    record.parent.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(str(record), result)
+    fileio.write_json(str(record.parent.parent / f"{result['checkpoint']}.json"), result)
     writer.scalars(result["step"] or 0, {f"eval/{k}": result[k] for k in scalars if k in result})
 
 
@@ -126,8 +174,8 @@ def evaluate_all(config: ml_collections.ConfigDict, workdir, *, progress: bool =
   """:func:`evaluate` of every checkpoint in ``workdir`` (``--checkpoint=all``), oldest first.
 
   The original evaluates its checkpoints ``eval.begin_ckpt`` to ``eval.end_ckpt`` in one job; here every
-  checkpoint present is evaluated, each into its own ``eval/step_<N>.json`` and TensorBoard at its step (a
-  curve of loss / bits/dim / FID over training). A checkpoint whose JSON already holds the same settings
+  checkpoint present is evaluated, each into its own record (:func:`write_eval`) and TensorBoard at its step (a
+  curve of loss / bits/dim / FID over training). A checkpoint with a record of the same settings
   (:func:`eval_settings`) is not evaluated again, and sampling resumes within a checkpoint, so a killed job
   restarts where it stopped. Corrupt checkpoints are skipped with a warning.
   """
@@ -146,13 +194,11 @@ def evaluate_all(config: ml_collections.ConfigDict, workdir, *, progress: bool =
   settings = eval_settings(config, feature_fn if sampling else None)  # as evaluate() records them
   results, reused, skipped = [], 0, []
   for step in steps:
-    saved = pathlib.Path(workdir) / "eval" / f"step_{step}.json"
-    if saved.exists():
-      found = json.loads(saved.read_text())
-      if found.get("settings") == settings:
-        results.append(found)
-        reused += 1
-        continue
+    found = stored_result(workdir, f"step_{step}", settings)
+    if found is not None:
+      results.append(found)
+      reused += 1
+      continue
     try:
       results.append(evaluate(config, workdir, checkpoint=str(step), progress=progress, feature_fn=feature_fn))
     except checkpoints.CheckpointCorruptError as e:

@@ -206,7 +206,8 @@ def make_sample_fn(exp: Experiment, batch_size: int):
 def load_params(exp: Experiment, workdir, checkpoint: str | None) -> tuple[Any, str, int | None]:
   """EMA parameters to evaluate or sample: ``(params, tag, step)``.
 
-  ``checkpoint``: None (the newest valid checkpoint in ``workdir``), a step number, or the path of an original
+  ``checkpoint``: None (the newest checkpoint in ``workdir``; CheckpointCorruptError if it is corrupt), a step
+  number, or the path of an original
   checkpoint converted with ``python -m score_jax.convert`` (its weights are the original's EMA weights).
   """
   if checkpoint not in (None, "", "latest") and not re.fullmatch(r"\d+", str(checkpoint)):
@@ -226,9 +227,15 @@ def load_params(exp: Experiment, workdir, checkpoint: str | None) -> tuple[Any, 
                             "of an original checkpoint converted with python -m score_jax.convert.")
   with checkpointer(exp, workdir) as ckpts:  # the EMA weights and the step only: no optimizer state is read
     if checkpoint in (None, "", "latest"):
-      state = ckpts.restore_latest(items=EVAL_ITEMS)
-      if state is None:
-        raise FileNotFoundError(f"no valid checkpoint in {directory} (see the warnings above).")
+      steps = ckpts.all_steps()
+      if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}: train first (--mode train).")
+      try:  # the newest, verified: a damaged one is an error here, never silently replaced by an older one
+        state = ckpts.restore(steps[-1], items=EVAL_ITEMS)
+      except checkpoints.CheckpointCorruptError as e:
+        raise checkpoints.CheckpointCorruptError(
+            f"{e}. The newest checkpoint is corrupt: pass --checkpoint=STEP for an earlier one (present: "
+            f"{steps[:-1]}), or resume training, which skips it.") from e
     else:
       state = ckpts.restore(int(checkpoint), items=EVAL_ITEMS)
   step = int(state["step"])
@@ -242,7 +249,7 @@ def load_classifier(config: ml_collections.ConfigDict, workdir, checkpoint: str 
   Args:
     config: the classifier config it was trained with (``configs/classifier/...``).
     workdir: its ``--workdir``.
-    checkpoint: None (the newest valid checkpoint) or a step number.
+    checkpoint: None (the newest checkpoint) or a step number.
   """
   if not builders.is_classifier(config):
     raise ValueError("load_classifier needs a classifier config (with a 'classifier' section, configs/classifier/); "

@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 
 from score_jax import builders, fileio, randomness, validation
 from score_jax.pipeline import experiment, store
+from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
 
-__all__ = ["sample", "draw_samples", "sample_meta"]
+__all__ = ["sample", "draw_samples", "sample_meta", "check_finite"]
 
 
 def sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
@@ -24,6 +25,20 @@ def sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
   meta = dict(checkpoint=tag, seed=int(c.seed), sampling=c.sampling.to_dict(), model=c.model.to_dict(),
               image_shape=list(exp.image_shape), centered=bool(c.data.centered), chunk=chunk)
   return json.loads(json.dumps(meta))  # as it reads back from meta.json (tuples become lists)
+
+
+def check_finite(x: np.ndarray, start: int, config: ml_collections.ConfigDict) -> None:
+  """FloatingPointError naming the chunk and the sampler settings if any value of the samples ``x`` [n, H, W, C]
+  (samples ``start`` to ``start + n - 1``) is NaN or infinite: such samples would be written as black or
+  saturated uint8 images, and FID computed on them."""
+  finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+  if finite.all():
+    return
+  settings = ", ".join(f"{k}={v}" for k, v in builders.sampler_settings(config).items())
+  raise FloatingPointError(
+      f"{int((~finite).sum())} of the {len(x)} samples of the chunk starting at sample {start} are not finite "
+      f"(NaN or inf) with sampling settings {settings}; nothing was written for that chunk (the chunks before it "
+      "are kept). Change the sampler settings (a smaller sampling.snr, more steps) or check the checkpoint.")
 
 
 def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None = None,
@@ -36,7 +51,8 @@ def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None
   ``sampling.snr_reduction='per_example'`` PC samplers the samples do not depend on the chunk size or the
   device count; the original's Langevin step size (``snr_reduction='batch'``) averages gradient norms over
   the chunk, and the ODE sampler picks one step size per chunk, so there they change within those
-  tolerances (the chunk size is recorded in ``meta.json`` and a resume must use the same one).
+  tolerances (the chunk size is recorded in ``meta.json`` and a resume must use the same one). A chunk with a
+  non-finite sample stops the run (:func:`check_finite`) before it is written.
 
   With ``feature_fn`` (a :data:`score_jax.features.FeatureFn`, e.g. the FID Inception-v3), each chunk's features
   are extracted on the fly from its uint8 images as soon as the chunk exists, and saved beside it
@@ -50,14 +66,18 @@ def sample(config: ml_collections.ConfigDict, workdir, *, checkpoint: str | None
   Returns:
     a summary with the output directory, the number of samples and chunks, the NFE per sample, and with
     ``feature_fn`` the features directory and the number of feature chunks written.
+
+  Raises:
+    WorkdirLockedError: another process writes ``workdir`` (:func:`score_jax.pipeline.workdir.lock`).
   """
   if builders.is_classifier(config):
     raise ValueError("--mode sample needs a score-model config; a classifier config (with a 'classifier' section) has "
                      "nothing to sample.")
-  exp = experiment.setup(config)
   num = validation.check_int(num_samples or config.eval.num_samples, "num_samples (eval.num_samples)")
-  params, tag, _ = experiment.load_params(exp, workdir, checkpoint)
-  return draw_samples(exp, params, tag, workdir, num, progress=progress, feature_fn=feature_fn)
+  with workdir_lib.lock(workdir, "sample", enabled=jax.process_index() == 0):
+    exp = experiment.setup(config)
+    params, tag, _ = experiment.load_params(exp, workdir, checkpoint)
+    return draw_samples(exp, params, tag, workdir, num, progress=progress, feature_fn=feature_fn)
 
 
 def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progress: bool, feature_fn) -> dict:
@@ -98,6 +118,7 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
       if sample_fn is None:
         sample_fn = experiment.make_sample_fn(exp, chunk)
       x, nfe_chunk = sample_fn(params, key, start)
+      check_finite(np.asarray(x)[:count], start, config)
       images = experiment.to_uint8(exp, x)[:count]
       nfe = int(nfe_chunk)
       if is_main:

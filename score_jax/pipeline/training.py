@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from score_jax import checkpoints, classifier, datasets, fileio, parallel, randomness, train
 from score_jax.pipeline import experiment
+from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
 from score_jax.pipeline.writer import MetricWriter
 
@@ -100,21 +101,26 @@ def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool
     num_examples = len(train_ds)
   resume = None
   if workdir is not None and (pathlib.Path(workdir) / checkpoints.SUBDIR).is_dir():
-    with experiment.checkpointer(exp, workdir) as ckpts:
+    # the checkpointer cleans up unfinished saves: not while another process writes them
+    with workdir_lib.lock(workdir, "train --dry_run", enabled=jax.process_index() == 0), \
+        experiment.checkpointer(exp, workdir) as ckpts:
       ckpts.check_compatible()
       resume = ckpts.latest_step()
   return dict(n_params=exp.n_params, n_devices=exp.n_devices, parallel=exp.parallel_mode,
               train_examples=num_examples, resume_step=resume, summary=experiment.summary_line(exp, "dry run"))
 
 
-def _nan_error(metrics, step: int, n: int, ckpts: checkpoints.Checkpointer) -> FloatingPointError | None:
+def _nan_error(metrics, step: int, n: int, ckpts: checkpoints.Checkpointer,
+               last_good: int | None) -> FloatingPointError | None:
+  """The error of a non-finite loss, naming ``last_good``: the checkpoint this session restored (verified against
+  its digests) or saved last, never merely the newest directory."""
   values = np.asarray(metrics["loss"])
   finite = np.isfinite(values)
   if finite.all():
     return None
   bad = step - n + int(np.argmin(finite)) + 1
-  latest = ckpts.latest_step()
-  where = f"{ckpts.directory / str(latest)} (step {latest})" if latest is not None else "none (no checkpoint yet)"
+  where = (f"{ckpts.directory / str(last_good)} (step {last_good})" if last_good is not None
+           else "none (no checkpoint yet)")
   return FloatingPointError(
       f"the training loss is {values[np.argmin(finite)]} at step {bad}; stopping without saving. Last good "
       f"checkpoint: {where}. Lower optim.lr or raise optim.warmup, or try training.bf16=False, and resume.")
@@ -130,7 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
   periodic snapshot a grid of ``training.snapshot_num_samples`` samples when ``training.snapshot_sampling``.
   SIGTERM saves a checkpoint at the end of the current fused call and returns (every host agrees on the stop,
   :func:`score_jax.parallel.agree_on_stop`). A non-finite loss raises FloatingPointError naming the step and
-  the last good checkpoint; nothing is saved after it.
+  the last good checkpoint (the one restored, which verified against its digests, or the last one saved); nothing
+  is saved after it. Corrupt checkpoints (:class:`score_jax.checkpoints.CheckpointCorruptError`: partial, or
+  arrays that differ from the digests recorded at save) are skipped with a warning naming them.
 
   Training runs ``training.n_iters`` steps rounded down to a multiple of ``training.n_jitted_steps``.
 
@@ -139,8 +147,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
 
   Returns:
     a summary: final step, last logged loss, steps/s of this session, whether it stopped early.
+
+  Raises:
+    WorkdirLockedError: another process writes ``workdir`` (:func:`score_jax.pipeline.workdir.lock`).
   """
-  exp = experiment.setup(config)
+  with workdir_lib.lock(workdir, "train", enabled=jax.process_index() == 0):  # before anything else: fails fast
+    return _train(experiment.setup(config), workdir, progress=progress, step_lines=step_lines)
+
+
+def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dict:
+  config = exp.config
   t = config.training
   n = experiment.n_jitted_steps(config)
   n_iters = t.n_iters // n * n
@@ -162,9 +178,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
   else:
     state = train.TrainState(**restored)
   start = int(state.step)
+  last_good = None if restored is None else start  # restore_latest verified it
   if start % n:
     raise ValueError(f"the checkpoint is at step {start}, not a multiple of training.n_jitted_steps={n}; resume "
                      f"with the n_jitted_steps it was trained with.")
+  if start >= n_iters:  # said, rather than a summary with "loss": null
+    ckpts.close()
+    experiment.announce(f"score_jax train: {workdir} is already trained to step {start} (training.n_iters="
+                        f"{t.n_iters}): nothing to do. Raise training.n_iters to train further.")
+    return dict(step=start, n_iters=n_iters, loss=None, steps_per_s=0.0, seconds=0.0, stopped_early=False,
+                checkpoint_dir=str(ckpts.directory), finished=True)
   axis_name = parallel.AXIS_NAME if mode == "pmap" else None
   step_fn = train.make_train_step(config, exp.model, exp.sde, exp.optimizer, axis_name=axis_name,
                                   loss_fn=_train_loss_fn(exp))
@@ -172,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
   state = parallel.replicate(state, mode)
   train_key = exp.key(randomness.TRAIN)
   workdir.mkdir(parents=True, exist_ok=True)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=None if restored is None else start)
   eval_loss_fn = _eval_loss_fn(exp) if eval_freq else None
   sample_fn = None
   experiment.announce(experiment.summary_line(exp, "train", f"steps {start} -> {n_iters} ({n} per call) | "
@@ -193,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
       xs = jax.tree_util.tree_map(lambda *a: np.stack(a), *inputs)  # [n, B_host, H, W, C] (and labels [n, B_host])
       state, metrics = pstep(state, xs, train_key)
       step += n
-      error = _nan_error(metrics, step, n, ckpts)
+      error = _nan_error(metrics, step, n, ckpts, last_good)
       if error is not None:
         raise error
       window.append(np.asarray(metrics["loss"]))
@@ -216,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, progress: 
       host_state = parallel.unreplicate(state, mode)
       saved = ckpts.save(host_state.to_dict(), step, force=stop or step == n_iters)
       if saved:
+        last_good = step
         writer.flush()
       if saved and ckpts.is_snapshot(step) and t.get("snapshot_sampling", False):
         if sample_fn is None:
