@@ -158,6 +158,16 @@ def test_reader_refuses_arbitrary_globals_before_calling_them(tmp_path):
   assert not (tmp_path / "out.npz").exists()
 
 
+def test_mapping_refuses_a_module_that_is_not_the_fid_graph():
+  conv = dict(weight=np.zeros((32, 3, 3, 3)), beta=np.zeros(32), mean=np.zeros(32), var=np.ones(32))
+  two = {f"layers.c{i}.{k}": v for i in range(2) for k, v in conv.items()}
+  with pytest.raises(ValueError, match="has 2 convolutions; the FID Inception has 94"):
+    fid_weights.state_dict_from_torchscript(two)
+  same = {f"layers.c{i}.{k}": v for i in range(94) for k, v in conv.items()}
+  with pytest.raises(ValueError, match="layers.c1.weight has shape .* do not line up"):
+    fid_weights.state_dict_from_torchscript(same)
+
+
 def _write(path: pathlib.Path, data: bytes) -> pathlib.Path:
   path.write_bytes(data)
   return path
