@@ -254,7 +254,8 @@ def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: Fea
   (:func:`dataset_features`). Besides ``mu`` and ``sigma`` the file records ``num_examples``, ``dataset``,
   ``split``, ``features`` (the feature tag), ``resize`` (the resize convention, when the feature function has
   one), ``subset`` ("all", "stratified" or "random") and, for a subset, ``subset_seed`` and ``subset_indices``.
-  With ``save_features`` the pool3 features (``pool_3``, for KID) and the logits are stored too.
+  With ``save_features`` the pool3 features (``pool_3``, for KID) and the logits (when the network has them) are
+  stored too.
   """
   out_path = pathlib.Path(out)
   if out_path.exists():
@@ -273,7 +274,9 @@ def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: Fea
   if info["indices"] is not None:
     extra.update(subset_seed=np.int64(info["subset_seed"]), subset_indices=info["indices"])
   if save_features:
-    extra.update(pool_3=feats["pool3"].astype(np.float32), logits=feats["logits"].astype(np.float32))
+    extra["pool_3"] = feats["pool3"].astype(np.float32)
+    if getattr(feature_fn, "has_logits", True):  # weights without the final layer give zeros, not logits
+      extra["logits"] = feats["logits"].astype(np.float32)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   metrics.save_stats(str(out_path), mu, sigma, **extra)
   return dict(out=str(out_path), num_examples=int(len(feats["pool3"])), dim=int(mu.shape[0]),
