@@ -212,6 +212,21 @@ def test_features_of_real_images_equal_the_torchscript_modules(wheel, converted,
   assert 0.1 < float(reference["tf"].mean()) < 1.0  # trained features of natural images
 
 
+def test_the_config_chooses_the_convention(converted):
+  import ml_collections
+
+  from score_jax.pipeline.evaluators import samples
+
+  config = ml_collections.ConfigDict(dict(eval=dict(inception_weights=str(converted))))
+  assert samples.inception_feature_fn(config).resize == inception.DEFAULT_RESIZE == "tf"  # no field: the paper's
+  config.eval.resize = "pytorch"
+  fn = samples.inception_feature_fn(config)
+  assert fn.resize == "pytorch" and fn.tag.endswith("_resize-pytorch")
+  config.eval.resize = "antialias"
+  with pytest.raises(ValueError, match="got 'antialias'"):
+    samples.inception_feature_fn(config)
+
+
 def test_bad_resize_is_refused():
   with pytest.raises(ValueError, match=r"resize convention must be one of \['tf', 'pytorch'\]"):
     inception.apply({}, np.zeros((1, 8, 8, 3), np.float32), resize="bicubic")
