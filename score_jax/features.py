@@ -219,6 +219,8 @@ def dataset_features(config: ml_collections.ConfigDict, split: str, feature_fn: 
   as for 'folder' and 'npz' data, else random). ``info``, when given, receives ``subset`` ("all",
   "stratified" or "random"), ``subset_seed`` and ``indices``.
   """
+  if subset not in SUBSETS:  # refused before any data is read, with or without a limit
+    raise ValueError(f"subset must be one of {list(SUBSETS)}; got {subset!r}.")
   data_config = ml_collections.ConfigDict(config.to_dict())  # a deep copy: the caller's config stays as it is
   data_config.data.centered = False
   data_config.data.uniform_dequantization = False
