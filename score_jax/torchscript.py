@@ -45,8 +45,9 @@ STORAGE_DTYPES = {
 LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
 
 
-class UnsafeArchiveError(pickle.UnpicklingError):
-  """The archive's pickle names a global outside the few a TorchScript module state needs."""
+class UnsafeArchiveError(pickle.UnpicklingError, ValueError):
+  """The archive's pickle names a global outside the few a TorchScript module state needs (a ValueError too, so
+  that command lines report it as the bad input it is)."""
 
 
 class ScriptObject:
