@@ -87,6 +87,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.bpd_num_examples = 0  # score_jax: examples per pass for loss and bits/dim; 0 = the whole split
   evaluate.inception_weights = ""  # score_jax: converted FID Inception .npz ('' = $SCORE_JAX_INCEPTION_WEIGHTS)
   evaluate.fid_stats = ""  # score_jax: reference statistics .npz for FID (python -m score_jax.eval stats)
+  # score_jax: resize to the Inception's 299x299 as TF1's resize_bilinear ("tf", the paper's FID) or pytorch-fid
+  # ("pytorch"); statistics and stored features record theirs and are never mixed (docs/fid.md)
+  evaluate.resize = "tf"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

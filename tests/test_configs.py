@@ -46,6 +46,7 @@ SCORE_JAX_FIELDS = {
     "eval.bpd_num_examples": 0,
     "eval.inception_weights": "",
     "eval.fid_stats": "",
+    "eval.resize": "tf",
     "data.root": "",
     "data.data_dir": "",
     "sampling.N": 0,

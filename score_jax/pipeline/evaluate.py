@@ -167,7 +167,8 @@ def write_eval(config: ml_collections.ConfigDict, workdir, result: dict, scalars
     record.parent.mkdir(parents=True, exist_ok=True)
     fileio.write_json(str(record), result)
     fileio.write_json(str(record.parent.parent / f"{result['checkpoint']}.json"), result)
-    writer.scalars(result["step"] or 0, {f"eval/{k}": result[k] for k in scalars if k in result})
+    # a metric reported as unavailable (None, e.g. the Inception Score without logits) has no scalar
+    writer.scalars(result["step"] or 0, {f"eval/{k}": result[k] for k in scalars if result.get(k) is not None})
 
 
 def evaluate_all(config: ml_collections.ConfigDict, workdir, *, progress: bool = True, feature_fn=None) -> dict:
@@ -190,7 +191,7 @@ def evaluate_all(config: ml_collections.ConfigDict, workdir, *, progress: bool =
     raise FileNotFoundError(f"--checkpoint={all_flag}: no checkpoints in {directory}; train first.")
   sampling = bool(config.eval.get("enable_sampling", False)) and not builders.is_classifier(config)
   if feature_fn is None and sampling:  # loaded once for all checkpoints
-    feature_fn = features.inception_feature_fn(samples_evaluator.inception_weights(config))
+    feature_fn = samples_evaluator.inception_feature_fn(config)
   settings = eval_settings(config, feature_fn if sampling else None)  # as evaluate() records them
   results, reused, skipped = [], 0, []
   for step in steps:

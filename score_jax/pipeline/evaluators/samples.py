@@ -11,7 +11,7 @@ from score_jax.pipeline import sample as sample_mode
 from score_jax.pipeline import store
 from score_jax.pipeline.experiment import Experiment
 
-__all__ = ["inception_weights", "Reference", "prepare", "run", "sample_metrics"]
+__all__ = ["inception_weights", "inception_feature_fn", "Reference", "prepare", "run", "sample_metrics"]
 
 
 def inception_weights(config: ml_collections.ConfigDict) -> str:
@@ -23,6 +23,12 @@ def inception_weights(config: ml_collections.ConfigDict) -> str:
         from None
 
 
+def inception_feature_fn(config: ml_collections.ConfigDict) -> features.FeatureFn:
+  """The FID Inception of ``eval.inception_weights`` with the resize convention of ``eval.resize`` ('tf' when
+  the config has none)."""
+  return features.inception_feature_fn(inception_weights(config), resize=config.eval.get("resize", None) or None)
+
+
 class Reference:
   """The feature network and the reference statistics of one evaluation, loaded and checked before sampling.
 
@@ -32,8 +38,7 @@ class Reference:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, feature_fn=None):
-    self.feature_fn = feature_fn if feature_fn is not None else features.inception_feature_fn(
-        inception_weights(config))
+    self.feature_fn = feature_fn if feature_fn is not None else inception_feature_fn(config)
     self.stats_path = config.eval.get("fid_stats", "") or None
     # the statistics' dimension is checked against the network's before any sample is drawn
     self.stats = features.load_reference_stats(self.stats_path, self.feature_fn) if self.stats_path else None
@@ -55,7 +60,8 @@ def run(exp: Experiment, params, tag: str, workdir, reference: Reference, *, pro
     feats = store.load_features(drawn["features"], drawn["num_samples"])
     result.update(features.metrics_of_features(
         feats, reference_stats=reference.stats,
-        reference_features=features.load_reference_features(reference.stats_path)))
+        reference_features=features.load_reference_features(reference.stats_path),
+        has_logits=getattr(reference.feature_fn, "has_logits", None)))
   return result
 
 
@@ -78,7 +84,8 @@ def sample_metrics(samples_dir, feature_fn: features.FeatureFn, *, stats: str | 
     feats, written = features.features_of(store.sample_chunks(samples_dir, limit), feature_fn,
                                           batch_size=batch_size, total=limit, progress=progress), None
   result = features.metrics_of_features(feats, reference_stats=reference_stats,
-                                        reference_features=reference_features, is_splits=is_splits)
+                                        reference_features=reference_features, is_splits=is_splits,
+                                        has_logits=getattr(feature_fn, "has_logits", None))
   if written is not None:
     result["feature_chunks_computed"] = written
   return result
