@@ -235,7 +235,7 @@ def _image_target(config, workdir, checkpoint, feature_fn=None) -> _Target:
     metrics.load_stats(stats)  # readable and sane before any sampling
     reference = features.load_reference_features(stats)
     if feature_fn is None:
-      feature_fn = features.inception_feature_fn(samples_evaluator.inception_weights(config))
+      feature_fn = samples_evaluator.inception_feature_fn(config)  # eval.inception_weights, eval.resize
 
     def metric_fn(cell_dir, _):
       return samples_evaluator.sample_metrics(cell_dir, feature_fn, stats=stats, reference_features=reference,

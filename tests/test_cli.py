@@ -24,6 +24,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOY = "configs/toy/gmm2d.py"
 IMAGE = "configs/ve/ncsn/cifar10.py"
 ENTRY_POINTS = ("main", "ablate", "controllable", "eval", "convert", "inception")
+# The module whose main(argv) / parser() serve an entry point run in process: python -m score_jax.inception runs
+# the convert command of score_jax.fid_weights (the converters live there; inception is the network).
+COMMAND_MODULE = {"inception": "fid_weights"}
 
 
 # ---- fixtures: bad files, a read-only and a full file system ------------------------------------------------
@@ -172,7 +175,7 @@ def _in_process(module: str, argv: list[str], capsys, monkeypatch) -> subprocess
   monkeypatch.chdir(ROOT)
   capsys.readouterr()
   try:
-    code = importlib.import_module(f"score_jax.{module}").main(argv)
+    code = importlib.import_module(f"score_jax.{COMMAND_MODULE.get(module, module)}").main(argv)
   except SystemExit as e:  # a usage error, from the parser
     code = e.code
   captured = capsys.readouterr()
@@ -204,7 +207,7 @@ def test_an_unwritable_workdir_is_one_error_line(mounts, where, expected):
                                   ["eval", "metrics"], ["convert"], ["inception"], ["inception", "convert"]],
                          ids=" ".join)
 def test_help_prints_usage_and_exits_0(argv, capsys):
-  module = importlib.import_module(f"score_jax.{argv[0]}")
+  module = importlib.import_module(f"score_jax.{COMMAND_MODULE.get(argv[0], argv[0])}")
   with pytest.raises(SystemExit) as e:
     module.parser().parse_args([*argv[1:], "--help"])
   assert e.value.code == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import SHARED
 
-from score_jax import inception
+from score_jax import fid_weights, inception
 
 FIXTURE_DIR = SHARED / "fixtures" / "pytorch_fid_inception"
 # The fixture README: a correct float32 port passes atol=1e-4, rtol=1e-4 (float64 moves outputs by ~2e-6).
@@ -156,7 +156,7 @@ def test_convert_cli_and_load_weights(state_dict, variables, tmp_path, capsys):
   torch = pytest.importorskip("torch")
   pth, npz = tmp_path / "seeded.pth", tmp_path / "seeded.npz"
   torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, pth)
-  assert inception.main(["convert", "--from", str(pth), "--out", str(npz)]) == 0
+  assert fid_weights.main(["convert", "--from", str(pth), "--out", str(npz)]) == 0
   captured = capsys.readouterr()
   digest = hashlib.sha256(npz.read_bytes()).hexdigest()
   assert f"sha256 {digest}" in captured.out
