@@ -181,3 +181,27 @@ def test_resume_drops_the_log_lines_after_the_restored_step(trained, tmp_path, c
   # and a finished run says so instead of a summary with "loss": null
   again = pipeline.train_and_evaluate(config, workdir, progress=False)
   assert again["finished"] and "is already trained to step 6" in capsys.readouterr().out
+
+
+# ---- item 6: signs of life, quiet libraries ------------------------------------------------------------------
+
+
+def test_first_chunk_says_it_compiles_and_orbax_info_is_quiet(trained, tmp_path, caplog):
+  from score_jax import logs
+
+  workdir = _copy(trained, tmp_path)
+  config = tiny_config(trained["data"], **RUN)
+  levels = {name: logging.getLogger(name).level for name in ("", *logs.QUIET_LOGGERS)}
+  try:
+    logs.configure(verbose=False)
+    with caplog.at_level(logging.INFO, logger="score_jax"):
+      pipeline.sample(config, workdir, num_samples=8, progress=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m == "compiling the pc sampler (chunks of 4) ..." for m in messages), messages
+    assert sum(m.startswith("compiled the pc sampler (chunks of 4) and ran it once in ") for m in messages) == 1
+    assert not [r for r in caplog.records if r.name == "absl" and r.levelno < logging.WARNING]  # orbax's restore
+    logs.configure(verbose=True)
+    assert logging.getLogger("absl").isEnabledFor(logging.INFO)
+  finally:
+    for name, level in levels.items():
+      logging.getLogger(name).setLevel(level)

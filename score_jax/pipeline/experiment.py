@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import pathlib
 import re
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -35,7 +38,7 @@ from score_jax import (
 
 __all__ = ["Experiment", "setup", "check_config", "n_jitted_steps", "summary_line", "state_dict", "checkpointer",
            "score_fn", "to_uint8", "make_sample_fn", "load_params", "announce", "GRID_MAX", "ALL_CHECKPOINTS",
-           "EVAL_ITEMS", "load_classifier"]
+           "EVAL_ITEMS", "load_classifier", "compiling"]
 
 log = logging.getLogger("score_jax")
 
@@ -163,6 +166,19 @@ def summary_line(exp: Experiment, mode: str, extra: str = "", batch_size: int | 
           f"{exp.parallel_mode}, {jax.process_count()} host(s)) | batch {batch} ({per_device}) | {exp.n_params:,} "
           f"params | {_objective(exp)}{' bf16' if c.training.get('bf16', False) else ''} | seed {c.seed}")
   return f"{line} | {extra}" if extra else line
+
+
+@contextlib.contextmanager
+def compiling(what: str, enabled: bool = True) -> Iterator[None]:
+  """Log ``compiling WHAT ...`` before the first call of a jitted program and its time after (the block must
+  wait for the result): the first step, chunk or batch of a run is mostly compilation (30-40 s on a CPU)."""
+  if not enabled:
+    yield
+    return
+  log.info("compiling %s ...", what)
+  t0 = time.time()
+  yield
+  log.info("compiled %s and ran it once in %.1f s", what, time.time() - t0)
 
 
 def announce(line: str) -> None:

@@ -117,7 +117,10 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
     else:
       if sample_fn is None:
         sample_fn = experiment.make_sample_fn(exp, chunk)
-      x, nfe_chunk = sample_fn(params, key, start)
+      with experiment.compiling(f"the {config.sampling.method} sampler (chunks of {chunk})",
+                                enabled=written == 0):
+        x, nfe_chunk = sample_fn(params, key, start)
+        x = np.asarray(x)
       check_finite(np.asarray(x)[:count], start, config)
       images = experiment.to_uint8(exp, x)[:count]
       nfe = int(nfe_chunk)
