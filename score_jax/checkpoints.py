@@ -103,7 +103,7 @@ def state_digests(state: Mapping) -> dict[str, str]:
     for leaf in jax.tree_util.tree_leaves(state[name]):
       a = np.ascontiguousarray(np.asarray(leaf))
       h.update(f"{a.dtype.str}{a.shape}".encode())
-      h.update(a.tobytes())
+      h.update(a.reshape(-1).view(np.uint8))  # the bytes without a copy (any dtype, bfloat16 included)
     out[name] = h.hexdigest()
   return out
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import tiny_config, tree_differences
+from PIL import Image
 from reliability_common import digest, launcher, tiny_data
 
 from score_jax import checkpoints, pipeline
@@ -200,6 +201,9 @@ def test_first_chunk_says_it_compiles_and_orbax_info_is_quiet(trained, tmp_path,
     assert any(m == "compiling the pc sampler (chunks of 4) ..." for m in messages), messages
     assert sum(m.startswith("compiled the pc sampler (chunks of 4) and ran it once in ") for m in messages) == 1
     assert not [r for r in caplog.records if r.name == "absl" and r.levelno < logging.WARNING]  # orbax's restore
+    grid = np.asarray(Image.open(workdir / "samples" / "step_6_pc" / "grid.png"))
+    big = np.asarray(Image.open(workdir / "samples" / "step_6_pc" / "grid_x4.png"))  # for viewing
+    np.testing.assert_array_equal(big, np.repeat(np.repeat(grid, 4, axis=0), 4, axis=1))
     logs.configure(verbose=True)
     assert logging.getLogger("absl").isEnabledFor(logging.INFO)
   finally:

@@ -131,7 +131,7 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
       features_written += store.chunk_features(folder, start, count, path, images, feature_fn,
                                                batch_size=min(chunk, store.FEATURE_BATCH))
   if is_main:
-    fileio.save_png(str(out / "grid.png"), fileio.image_grid(store.load_samples(out, limit=experiment.GRID_MAX)))
+    experiment.save_grid(out / "grid.png", fileio.image_grid(store.load_samples(out, limit=experiment.GRID_MAX)))
   result = dict(directory=str(out), num_samples=num, chunks_written=written, chunks_reused=reused,
                 nfe_per_sample=nfe, seconds=time.time() - t0)
   if folder is not None:

@@ -284,6 +284,6 @@ def _write_snapshot(exp: Experiment, sample_fn, params, workdir: pathlib.Path, s
   out.mkdir(parents=True, exist_ok=True)
   grid = fileio.image_grid(images[:experiment.GRID_MAX])
   fileio.savez(str(out / "samples.npz"), images=images)
-  fileio.save_png(str(out / "grid.png"), grid)
+  experiment.save_grid(out / "grid.png", grid)
   writer.image(step, "samples", grid)
   log.info("wrote %s", out / "grid.png")
