@@ -57,7 +57,7 @@ import orbax.checkpoint as ocp
 
 __all__ = [
     "Checkpointer", "CheckpointCorruptError", "install_sigterm_handler", "should_stop", "request_stop",
-    "state_digests",
+    "state_digests", "CheckpointWriteError",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,11 @@ _TREE_MISMATCH = ("Structure mismatch", "tree structures do not match")
 
 
 class CheckpointCorruptError(RuntimeError):
-  """A checkpoint directory that is partial, truncated or unreadable."""
+  """A checkpoint directory that is partial, truncated or unreadable, or whose arrays differ from their digests."""
+
+
+class CheckpointWriteError(OSError):
+  """A save that failed (a full disk): its partial files are removed, the checkpoints before it kept."""
 
 
 # ---- the record stored beside the arrays --------------------------------------------------------------
@@ -265,6 +269,7 @@ class Checkpointer:
       whether a checkpoint was written.
 
     Raises:
+      CheckpointWriteError: the write failed (e.g. no space left); what it wrote is removed first.
       ValueError: ``state['step']`` is not ``step``, or the newest checkpoint already in the directory
         belongs to another config (checked before the first write, nothing is overwritten).
     """
@@ -281,11 +286,28 @@ class Checkpointer:
     if path.exists():
       log.warning("replacing the existing checkpoint %s", path)
       self._delete(step)
-    self._mngr.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
-                                                     META_ITEM: ocp.args.JsonSave(meta)}), force=True)
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                                       META_ITEM: ocp.args.JsonSave(meta)}), force=True)
+      self._mngr.wait_until_finished()
+    except Exception as e:  # a full disk or a failing filesystem: tensorstore reports them as ValueError and others
+      self._remove_partial(step)
+      before = [s for s in self.all_steps() if s != step]
+      raise CheckpointWriteError(
+          f"could not write the checkpoint of step {step} in {self.directory} ({type(e).__name__}: {str(e)[-300:]}); "
+          f"its partial files were removed and the checkpoints before it are intact ({before}). Free space there "
+          "(or move the workdir) and resume.") from e
     self._prune(step)
     return True
+
+  def _remove_partial(self, step: int) -> None:
+    """Delete what a failed save of ``step`` left: orbax's temporary directory, and the step's directory when it
+    was not committed (so that the space a full disk needs is given back)."""
+    for path in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+      shutil.rmtree(path, ignore_errors=True)
+    path = self.directory / str(step)
+    if path.exists() and not (path / _COMMIT_MARKER).is_file():
+      shutil.rmtree(path, ignore_errors=True)
 
   def _delete(self, step: int) -> None:
     self._mngr.reload()
