@@ -28,7 +28,7 @@ def _run(tmp_path, **env):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_cache_in_the_default_place_is_filled_then_reused_and_can_be_turned_off(tmp_path):
+def test_cache_in_the_default_place_is_filled_then_reused(tmp_path):
   first = _run(tmp_path)
   where = tmp_path / "xdg" / "score_jax" / "jax"
   assert first["where"] == str(where)
@@ -37,10 +37,25 @@ def test_cache_in_the_default_place_is_filled_then_reused_and_can_be_turned_off(
   second = _run(tmp_path)
   assert sorted(p.name for p in where.rglob("*") if p.is_file()) == entries  # loaded, not written again
   print(f"compile {first['seconds']:.3f} s, from the cache {second['seconds']:.3f} s")
-  off = _run(tmp_path / "off", SCORE_JAX_NO_COMPILE_CACHE="1")
-  assert off["where"] is None and not (tmp_path / "off").exists()
-  chosen = _run(tmp_path, SCORE_JAX_COMPILE_CACHE=str(tmp_path / "mine"))
-  assert chosen["where"] == str(tmp_path / "mine") and any((tmp_path / "mine").iterdir())
+
+
+def test_opt_out_and_chosen_directory(tmp_path, monkeypatch):
+  import jax
+
+  before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  try:
+    monkeypatch.setenv(compile_cache.ENV_DISABLE, "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "off"))
+    assert compile_cache.enable() is None and not (tmp_path / "off").exists()
+    assert jax.config.jax_compilation_cache_dir == before[0]  # untouched
+    monkeypatch.delenv(compile_cache.ENV_DISABLE)
+    monkeypatch.setenv(compile_cache.ENV_DIR, str(tmp_path / "mine"))
+    assert compile_cache.default_dir() == tmp_path / "mine"
+    assert compile_cache.enable(tmp_path / "given") == tmp_path / "given"
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "given") and (tmp_path / "given").is_dir()
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
 
 
 def test_importing_the_module_changes_nothing():
