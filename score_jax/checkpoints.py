@@ -362,8 +362,9 @@ class Checkpointer:
   def _check_compatible(self, meta: Mapping, path) -> None:
     if meta["fingerprint"] == self.fingerprint and meta.get("seed") == self.seed:
       return
-    problems = _differences(meta.get("params", {}), self._signature, "params/")
-    problems += _differences(meta.get("config", {}), self._config, "")
+    # the config fields first: one field (model.nf) changes hundreds of parameter shapes
+    problems = _differences(meta.get("config", {}), self._config, "")
+    problems += _differences(meta.get("params", {}), self._signature, "params/")
     if meta.get("seed") != self.seed:
       problems.append(f"seed: {meta.get('seed')!r} in the checkpoint, {self.seed!r} now")
     if not problems:
