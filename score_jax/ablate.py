@@ -282,8 +282,12 @@ def _run_cell(cell: Cell, target: _Target, num_samples: int, batch_size: int, ke
   result = dict(cell=cell.cell_id, **{k: v for k, v in cell.overrides.items()}, method=cell.settings["method"],
                 nfe=float(np.mean(nfes)), wall_s=wall, compile_s=compile_s, samples_per_s=num_samples / wall,
                 num_samples=num_samples)
-  if target.metric_fn is not None:
+  if target.metric_fn is not None:  # FID features of every sample: minutes on a CPU, so timed and said
+    logging.info("%s: metrics of %d samples ...", cell.label, num_samples)
+    t0 = time.perf_counter()
     result.update(target.metric_fn(cell_dir, samples))
+    result["metric_s"] = time.perf_counter() - t0
+    logging.info("%s: metrics in %.1f s", cell.label, result["metric_s"])
   fileio.write_json(str(cell_dir / "result.json"), result)
   return result
 

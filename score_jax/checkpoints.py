@@ -59,7 +59,7 @@ from score_jax.errors import UserError
 
 __all__ = [
     "Checkpointer", "CheckpointCorruptError", "install_sigterm_handler", "should_stop", "request_stop",
-    "state_digests",
+    "state_digests", "CheckpointWriteError",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,11 @@ _TREE_MISMATCH = ("Structure mismatch", "tree structures do not match")
 
 
 class CheckpointCorruptError(RuntimeError, UserError):
-  """A checkpoint directory that is partial, truncated or unreadable."""
+  """A checkpoint directory that is partial, truncated or unreadable, or whose arrays differ from their digests."""
+
+
+class CheckpointWriteError(OSError):
+  """A save that failed (a full disk): its partial files are removed, the checkpoints before it kept."""
 
 
 # ---- the record stored beside the arrays --------------------------------------------------------------
@@ -105,7 +109,7 @@ def state_digests(state: Mapping) -> dict[str, str]:
     for leaf in jax.tree_util.tree_leaves(state[name]):
       a = np.ascontiguousarray(np.asarray(leaf))
       h.update(f"{a.dtype.str}{a.shape}".encode())
-      h.update(a.tobytes())
+      h.update(a.reshape(-1).view(np.uint8))  # the bytes without a copy (any dtype, bfloat16 included)
     out[name] = h.hexdigest()
   return out
 
@@ -267,6 +271,7 @@ class Checkpointer:
       whether a checkpoint was written.
 
     Raises:
+      CheckpointWriteError: the write failed (e.g. no space left); what it wrote is removed first.
       ValueError: ``state['step']`` is not ``step``, or the newest checkpoint already in the directory
         belongs to another config (checked before the first write, nothing is overwritten).
     """
@@ -283,11 +288,28 @@ class Checkpointer:
     if path.exists():
       log.warning("replacing the existing checkpoint %s", path)
       self._delete(step)
-    self._mngr.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
-                                                     META_ITEM: ocp.args.JsonSave(meta)}), force=True)
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                                       META_ITEM: ocp.args.JsonSave(meta)}), force=True)
+      self._mngr.wait_until_finished()
+    except Exception as e:  # a full disk or a failing filesystem: tensorstore reports them as ValueError and others
+      self._remove_partial(step)
+      before = [s for s in self.all_steps() if s != step]
+      raise CheckpointWriteError(
+          f"could not write the checkpoint of step {step} in {self.directory} ({type(e).__name__}: {str(e)[-300:]}); "
+          f"its partial files were removed and the checkpoints before it are intact ({before}). Free space there "
+          "(or move the workdir) and resume.") from e
     self._prune(step)
     return True
+
+  def _remove_partial(self, step: int) -> None:
+    """Delete what a failed save of ``step`` left: orbax's temporary directory, and the step's directory when it
+    was not committed (so that the space a full disk needs is given back)."""
+    for path in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+      shutil.rmtree(path, ignore_errors=True)
+    path = self.directory / str(step)
+    if path.exists() and not (path / _COMMIT_MARKER).is_file():
+      shutil.rmtree(path, ignore_errors=True)
 
   def _delete(self, step: int) -> None:
     self._mngr.reload()
@@ -342,8 +364,9 @@ class Checkpointer:
   def _check_compatible(self, meta: Mapping, path) -> None:
     if meta["fingerprint"] == self.fingerprint and meta.get("seed") == self.seed:
       return
-    problems = _differences(meta.get("params", {}), self._signature, "params/")
-    problems += _differences(meta.get("config", {}), self._config, "")
+    # the config fields first: one field (model.nf) changes hundreds of parameter shapes
+    problems = _differences(meta.get("config", {}), self._config, "")
+    problems += _differences(meta.get("params", {}), self._signature, "params/")
     if meta.get("seed") != self.seed:
       problems.append(f"seed: {meta.get('seed')!r} in the checkpoint, {self.seed!r} now")
     if not problems:

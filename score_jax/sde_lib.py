@@ -57,7 +57,8 @@ def timestep_index(t: Array, N: int, T: float) -> Array:
 
 def _check_positive_int(name: str, value) -> None:
   if not validation.is_int(value, 1):
-    raise ValueError(f"{name} must be a positive integer number of discretisation steps, got {value!r}.")
+    raise ValueError(f"{name} must be a positive integer number of discretisation steps, got {value!r} "
+                     "(model.num_scales in a config).")
 
 
 def _check_range(cls: str, low_name: str, low: float, high_name: str, high: float) -> None:
@@ -225,7 +226,7 @@ class VESDE(SDE):
 
   def __post_init__(self):
     _check_range("VESDE", "sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
-    _check_positive_int("N", self.N)
+    _check_positive_int(f"{type(self).__name__}.N", self.N)
     log_sigmas = torch_linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N)
     # exp in float64, rounded once: correctly rounded float32 (torch's exp is within 1 ulp of this).
     sigmas = np.exp(log_sigmas.astype(np.float64)).astype(np.float32)
@@ -285,7 +286,7 @@ class _BetaSDE(SDE):
 
   def __post_init__(self):
     _check_range(type(self).__name__, "beta_min", self.beta_min, "beta_max", self.beta_max)
-    _check_positive_int("N", self.N)
+    _check_positive_int(f"{type(self).__name__}.N", self.N)
     for name, table in _ddpm_tables(self.beta_min, self.beta_max, self.N).items():
       object.__setattr__(self, name, table)
 

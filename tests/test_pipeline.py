@@ -360,6 +360,7 @@ def test_eval_with_sampling_reports_fid_is_kid(trained, tmp_path, monkeypatch):
   (features_dir / "features_0000000.npz").unlink()
   (samples / "samples_0000004.npz").unlink()
   (features_dir / "features_0000004.npz").unlink()
+  shutil.rmtree(workdir / "eval")  # a kill mid-way leaves no record (written last); one would be reused as it is
   features.images = 0
   again = pipeline.evaluate(config, workdir, progress=False, feature_fn=features)
   assert features.images == 8

@@ -1,4 +1,4 @@
-"""Item 9 of issue 16 (numerical points): the VP / sub-VP marginal std near t = 0 in float32."""
+"""Item 9 of issue 16: the VP / sub-VP marginal std near t = 0 in float32; model.num_scales=0 named."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,3 +17,9 @@ def test_marginal_std_in_float32_matches_float64(name, t):
   assert np.asarray(std).dtype == np.float32
   # 1 - exp(2 lmc) in float32 is 1.2e-4 off (relative) at t = 1e-5; -expm1 is within float32 rounding
   np.testing.assert_allclose(np.asarray(std)[0], exact, rtol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["vesde", "vpsde", "subvpsde"])
+def test_zero_scales_names_the_config_field(name):
+  with pytest.raises(ValueError, match=r"SDE.N must be a positive integer .* got 0 \(model.num_scales in a config\)"):
+    sde_lib.SDES[name](N=0)

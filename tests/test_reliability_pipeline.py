@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import tiny_config, tree_differences
+from PIL import Image
 from reliability_common import digest, launcher, tiny_data
 
 from score_jax import checkpoints, pipeline
 from score_jax.pipeline.evaluators import loss as loss_evaluator
+from score_jax.pipeline.writer import MetricWriter
 
 # the modules (pipeline.sample and pipeline.evaluate are the functions)
 sample_lib = importlib.import_module("score_jax.pipeline.sample")
@@ -101,6 +103,21 @@ def test_training_skips_a_damaged_checkpoint_and_the_nan_stop_names_the_verified
              for r in caplog.records)
 
 
+def test_eval_and_sample_of_a_damaged_checkpoint_are_errors(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  flip_bytes(workdir / "checkpoints" / "6")
+  before = digest(workdir)
+  config = tiny_config(trained["data"], **RUN)
+  for run in (lambda: pipeline.sample(config, workdir, num_samples=4, progress=False),
+              lambda: pipeline.evaluate(config, workdir, progress=False),
+              lambda: pipeline.sample(config, workdir, checkpoint="6", num_samples=4, progress=False)):
+    with pytest.raises(checkpoints.CheckpointCorruptError, match=r"checkpoints/6: ") as e:
+      run()
+    assert _damage(str(e.value))
+  assert _without_lock(digest(workdir)) == before
+
+
+@pytest.mark.slow  # 20-30 s: the launcher in a subprocess (the in-process test above covers the same path)
 def test_sample_from_a_damaged_checkpoint_is_an_error_and_changes_nothing(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   flip_bytes(workdir / "checkpoints" / "6")
@@ -116,6 +133,24 @@ def test_sample_from_a_damaged_checkpoint_is_an_error_and_changes_nothing(traine
 # ---- item 4: non-finite samples ------------------------------------------------------------------------------
 
 
+def test_a_non_finite_chunk_is_not_written(trained, tmp_path, monkeypatch):
+  """The chunk loop itself, without compiling a sampler: the second chunk comes out NaN."""
+  workdir = _copy(trained, tmp_path)
+
+  def make_sample_fn(exp, batch_size):
+    def fn(params, key, offset):
+      value = np.nan if offset >= batch_size else 0.0
+      return np.full((batch_size,) + exp.image_shape, value, np.float32), 1
+    return fn
+
+  monkeypatch.setattr(sample_lib.experiment, "make_sample_fn", make_sample_fn)
+  config = tiny_config(trained["data"], **RUN)
+  with pytest.raises(FloatingPointError, match="4 of the 4 samples of the chunk starting at sample 4 are not finite"):
+    pipeline.sample(config, workdir, num_samples=12, progress=False)
+  assert sorted(p.name for p in workdir.glob("samples/*/samples_*.npz")) == ["samples_0000000.npz"]
+
+
+@pytest.mark.slow  # 30-45 s: the launcher in a subprocess compiles the PC sampler with its corrector
 def test_nan_samples_stop_naming_chunk_and_settings(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   before = digest(workdir)
@@ -164,6 +199,23 @@ def test_evaluations_with_other_settings_are_kept_and_the_same_settings_reused(t
 # ---- item 8: the log after a kill ----------------------------------------------------------------------------
 
 
+def test_writer_drops_records_after_the_resumed_step(tmp_path):
+  log_path = tmp_path / "train_log.jsonl"
+  log_path.write_text("".join(json.dumps(dict(step=s, loss=1.0)) + "\n" for s in (2, 4, 6)) + '{"step": 8, "lo')
+  with MetricWriter(tmp_path, resume_step=4) as writer:
+    writer.scalars(6, dict(loss=0.5))
+  assert [json.loads(line)["step"] for line in log_path.read_text().splitlines()] == [2, 4, 6]
+  assert json.loads(log_path.read_text().splitlines()[-1])["loss"] == 0.5
+
+
+def test_a_finished_run_says_so(trained, tmp_path, capsys):
+  workdir = _copy(trained, tmp_path)
+  result = pipeline.train_and_evaluate(tiny_config(trained["data"], **RUN), workdir, progress=False)
+  assert result["finished"] and result["step"] == 6
+  assert "is already trained to step 6 (training.n_iters=6): nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # 40 s: a real resume that trains
 def test_resume_drops_the_log_lines_after_the_restored_step(trained, tmp_path, capsys):
   """A run killed after logging step 6 but before its checkpoint committed (checkpoint 6 gone, a torn last line):
   the resumed run logs every step once."""
@@ -181,3 +233,30 @@ def test_resume_drops_the_log_lines_after_the_restored_step(trained, tmp_path, c
   # and a finished run says so instead of a summary with "loss": null
   again = pipeline.train_and_evaluate(config, workdir, progress=False)
   assert again["finished"] and "is already trained to step 6" in capsys.readouterr().out
+
+
+# ---- item 6: signs of life, quiet libraries ------------------------------------------------------------------
+
+
+def test_first_chunk_says_it_compiles_and_orbax_info_is_quiet(trained, tmp_path, caplog):
+  from score_jax import logs
+
+  workdir = _copy(trained, tmp_path)
+  config = tiny_config(trained["data"], **RUN)
+  levels = {name: logging.getLogger(name).level for name in ("", *logs.QUIET_LOGGERS)}
+  try:
+    logs.configure(verbose=False)
+    with caplog.at_level(logging.INFO, logger="score_jax"):
+      pipeline.sample(config, workdir, num_samples=8, progress=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m == "compiling the pc sampler (chunks of 4) ..." for m in messages), messages
+    assert sum(m.startswith("compiled the pc sampler (chunks of 4) and ran it once in ") for m in messages) == 1
+    assert not [r for r in caplog.records if r.name == "absl" and r.levelno < logging.WARNING]  # orbax's restore
+    grid = np.asarray(Image.open(workdir / "samples" / "step_6_pc" / "grid.png"))
+    big = np.asarray(Image.open(workdir / "samples" / "step_6_pc" / "grid_x4.png"))  # for viewing
+    np.testing.assert_array_equal(big, np.repeat(np.repeat(grid, 4, axis=0), 4, axis=1))
+    logs.configure(verbose=True)
+    assert logging.getLogger("absl").isEnabledFor(logging.INFO)
+  finally:
+    for name, level in levels.items():
+      logging.getLogger(name).setLevel(level)

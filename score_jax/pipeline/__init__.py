@@ -1,12 +1,14 @@
 """The pipeline: what ``python -m score_jax.main`` runs for image configs, and the one place that knows the
 layout of a work directory.
 
-  DIR/.lock                        the writer's lock (pipeline.workdir): pid, host and mode of its holder
+  DIR/.lock                        while a train / eval / sample call runs: its lock (pipeline.workdir), naming it
   DIR/checkpoints/<step>/          orbax checkpoints (score_jax.checkpoints): params, EMA, optimizer state, step
   DIR/tensorboard/                 TensorBoard scalars and sample grids (tensorboardX: no TensorFlow needed)
   DIR/train_log.jsonl              one JSON line per logged step (loss, grad norm, images/s, eval loss)
   DIR/snapshots/step_<k>/          sample grid (grid.png) and samples (samples.npz) at each periodic snapshot
-  DIR/eval/<checkpoint>.json       --mode eval: test loss, bits/dim and sample metrics, with their settings
+  DIR/eval/<checkpoint>/<hash>.json  --mode eval: one record per settings (pipeline.evaluate.record_path), never
+                                   replaced by another settings' result; DIR/eval/<checkpoint>.json the newest:
+                                   test loss, bits/dim and sample metrics, with their settings
                                    (classifiers: test accuracy, overall and per noise-level bin)
   DIR/samples/<checkpoint>_<method>/  --mode sample: the sample and feature store (pipeline.store)
 

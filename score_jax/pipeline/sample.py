@@ -117,7 +117,10 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
     else:
       if sample_fn is None:
         sample_fn = experiment.make_sample_fn(exp, chunk)
-      x, nfe_chunk = sample_fn(params, key, start)
+      with experiment.compiling(f"the {config.sampling.method} sampler (chunks of {chunk})",
+                                enabled=written == 0):
+        x, nfe_chunk = sample_fn(params, key, start)
+        x = np.asarray(x)
       check_finite(np.asarray(x)[:count], start, config)
       images = experiment.to_uint8(exp, x)[:count]
       nfe = int(nfe_chunk)
@@ -128,7 +131,7 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
       features_written += store.chunk_features(folder, start, count, path, images, feature_fn,
                                                batch_size=min(chunk, store.FEATURE_BATCH))
   if is_main:
-    fileio.save_png(str(out / "grid.png"), fileio.image_grid(store.load_samples(out, limit=experiment.GRID_MAX)))
+    experiment.save_grid(out / "grid.png", fileio.image_grid(store.load_samples(out, limit=experiment.GRID_MAX)))
   result = dict(directory=str(out), num_samples=num, chunks_written=written, chunks_reused=reused,
                 nfe_per_sample=nfe, seconds=time.time() - t0)
   if folder is not None:

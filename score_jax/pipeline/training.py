@@ -214,7 +214,9 @@ def _train(exp: Experiment, workdir, *, progress: bool, step_lines: bool) -> dic
     while step < n_iters:
       inputs = [model_inputs(exp, next(batches)) for _ in range(n)]
       xs = jax.tree_util.tree_map(lambda *a: np.stack(a), *inputs)  # [n, B_host, H, W, C] (and labels [n, B_host])
-      state, metrics = pstep(state, xs, train_key)
+      with experiment.compiling(f"the train step ({n} fused, batch {t.batch_size})", enabled=step == start):
+        state, metrics = pstep(state, xs, train_key)
+        jax.block_until_ready(metrics)
       step += n
       error = _nan_error(metrics, step, n, ckpts, last_good)
       if error is not None:
@@ -282,6 +284,6 @@ def _write_snapshot(exp: Experiment, sample_fn, params, workdir: pathlib.Path, s
   out.mkdir(parents=True, exist_ok=True)
   grid = fileio.image_grid(images[:experiment.GRID_MAX])
   fileio.savez(str(out / "samples.npz"), images=images)
-  fileio.save_png(str(out / "grid.png"), grid)
+  experiment.save_grid(out / "grid.png", grid)
   writer.image(step, "samples", grid)
   log.info("wrote %s", out / "grid.png")

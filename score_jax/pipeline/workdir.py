@@ -4,7 +4,9 @@ Two processes writing one workdir delete each other's unfinished checkpoints (or
 directories it did not finalise), so every mode that writes there takes this lock first, before it opens the
 checkpoints. The lock is ``fcntl.flock`` on an open file: the kernel drops it when the process ends, however
 it ends (SIGKILL included), so a stale lock file never blocks a later run. The file records who holds it
-(pid, host, mode, start time), and a second writer fails at once with an error naming them.
+(pid, host, mode, start time), and a second writer fails at once with an error naming them. A normal release
+removes the file (and the workdir when the call created it and wrote nothing), so a command that fails before
+any work leaves no trace.
 
 The lock is re-entrant within a process (``--checkpoint=all`` evaluates each checkpoint under the lock it
 already holds). With several hosts only host 0 takes it (the others write nothing to the workdir); ``flock``
@@ -66,6 +68,7 @@ def lock(workdir, mode: str, *, enabled: bool = True) -> Iterator[pathlib.Path]:
   if not enabled:
     yield path
     return
+  created = not path.exists()
   path.mkdir(parents=True, exist_ok=True)
   name = str(path.resolve())
   with _GUARD:
@@ -73,18 +76,7 @@ def lock(workdir, mode: str, *, enabled: bool = True) -> Iterator[pathlib.Path]:
       _HELD[name] += 1
       fd = None
     else:
-      fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        os.close(fd)
-        raise WorkdirLockedError(
-            f"{path} is in use by {_describe(holder(path))}: two writers of one workdir destroy each other's "
-            f"checkpoints. Wait for it to finish, stop it, or use another --workdir. Nothing was written.") from None
-      os.ftruncate(fd, 0)
-      os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), mode=mode,
-                                   since=time.time())).encode())
-      os.fsync(fd)
+      fd = _acquire(path / LOCK_NAME, path, mode)
       _HELD[name] = 1
   try:
     yield path
@@ -93,5 +85,43 @@ def lock(workdir, mode: str, *, enabled: bool = True) -> Iterator[pathlib.Path]:
       _HELD[name] -= 1
       if fd is not None:
         del _HELD[name]
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        _release(fd, path / LOCK_NAME, path if created else None)
+
+
+def _acquire(lock_path: pathlib.Path, workdir: pathlib.Path, mode: str) -> int:
+  while True:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      raise WorkdirLockedError(
+          f"{workdir} is in use by {_describe(holder(workdir))}: two writers of one workdir destroy each other's "
+          f"checkpoints. Wait for it to finish, stop it, or use another --workdir. Nothing was written.") from None
+    try:  # the holder before us may have removed the file as it released it: then lock the new one
+      same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+  os.ftruncate(fd, 0)
+  os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), mode=mode, since=time.time())).encode())
+  os.fsync(fd)
+  return fd
+
+
+def _release(fd: int, lock_path: pathlib.Path, created: pathlib.Path | None) -> None:
+  """Remove the lock file while still holding it (a waiting process then sees another inode and retries), and
+  the workdir when this call created it and left it empty: a command that fails up front writes nothing."""
+  try:
+    lock_path.unlink()
+  except FileNotFoundError:
+    pass
+  fcntl.flock(fd, fcntl.LOCK_UN)
+  os.close(fd)
+  if created is not None:
+    try:
+      created.rmdir()
+    except OSError:  # not empty: the run wrote there
+      pass

@@ -43,7 +43,9 @@ def run(exp: Experiment, params, split: str, *, progress: bool = True) -> dict:
     for index in range(n_batches):
       batch = pass_ds.eval_batch(index)
       key = jax.random.fold_in(jax.random.fold_in(exp.key(randomness.BPD), r), index)
-      bpd, nfe = bpd_fn(params, batch["image"], key)
+      with experiment.compiling(f"bits/dim (batch {len(batch['image'])})", enabled=not values):
+        bpd, nfe = bpd_fn(params, batch["image"], key)
+        bpd = np.asarray(bpd)
       values.append(np.asarray(bpd)[common.pass_mask(ds, batch, index, count)])
       nfes.append(int(nfe))
       bar.update(1)
