@@ -25,7 +25,7 @@ Flags are absl-compatible (``--flag value``, ``--flag=value``; booleans as ``--f
 ``--flag=false``), so commands written for the former absl launcher keep working. Nothing here defines
 global flags, so two entry points can be imported (and called) in one process.
 
-This module imports only the standard library, ml_collections and the two small score_jax modules it
+This module imports only the standard library, ml_collections and the small score_jax modules it
 needs, so that the cheap checks run before JAX is imported.
 """
 
@@ -35,14 +35,13 @@ import argparse
 import ast
 import difflib
 import errno
-import logging
 import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
-from score_jax import configs_loader, errors, xla_cpu
+from score_jax import compile_cache, configs_loader, errors, logs, xla_cpu
 
 __all__ = ["PROG", "EXPECTED", "ArgumentParser", "UsageError", "parse_bool", "parse_value", "apply_overrides",
            "config_keys", "load_config", "check_output_dir", "expected_message", "run"]
@@ -57,7 +56,6 @@ _DISK_ERRNOS = {  # errno: (what happened, what to do)
     errno.EROFS: ("the file system is read-only", "choose a writable path"),
     errno.EDQUOT: ("the disk quota is exceeded", "free space or write elsewhere"),
 }
-_QUIET_LOGGERS = ("absl", "orbax", "jax", "etils", "tensorflow")  # their INFO lines only with --verbose
 
 
 class UsageError(ValueError):
@@ -412,30 +410,22 @@ def expected_message(e: BaseException) -> str | None:
   return None
 
 
-def _set_logging(verbose: bool) -> None:
-  root = logging.getLogger()
-  if not root.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    root.addHandler(handler)
-  root.setLevel(logging.INFO)  # score_jax's own messages (run_lib, checkpoints, toy)
-  for name in _QUIET_LOGGERS:
-    logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 def run(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence[str] | None = None, *,
         parser: ArgumentParser) -> int:
   """Parse ``argv`` with ``parser`` and run ``main_fn(args)``; returns the exit code.
 
   Before anything else, the CPU default of :mod:`score_jax.xla_cpu` is applied (JAX reads ``XLA_FLAGS``
-  when it creates its backend, which no entry point does before this). Usage errors exit 2 (SystemExit
+  when it creates its backend, which no entry point does before this); after parsing, the log levels
+  (:func:`score_jax.logs.configure`, ``--verbose``) and the persistent compilation cache
+  (:func:`score_jax.compile_cache.enable`). Usage errors exit 2 (SystemExit
   from the parser; a :class:`UsageError` raised by ``main_fn`` returns 2); expected errors
   (:func:`expected_message`) print one ``score_jax: error:`` line and return 1, or propagate with
   ``--traceback``; anything else propagates with its traceback.
   """
   xla_cpu.apply()
   args = parser.parse_args(argv)
-  _set_logging(bool(getattr(args, "verbose", False)))
+  logs.configure(verbose=bool(getattr(args, "verbose", False)))
+  compile_cache.enable()  # a relaunch loads its programs instead of compiling them (imports JAX)
   try:
     code = main_fn(args)
   except UsageError as e:  # found by main_fn before any work (e.g. an output that exists): as a parse error

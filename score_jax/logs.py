@@ -7,16 +7,23 @@ Importing this module changes nothing; the entry points call :func:`configure` o
 from __future__ import annotations
 
 import logging
+import sys
 
 __all__ = ["configure", "VERBOSE_FLAG", "QUIET_LOGGERS"]
 
 VERBOSE_FLAG = "verbose"  # the command-line flag that keeps the libraries' INFO logs
-QUIET_LOGGERS = ("absl", "orbax", "jax", "tensorstore")  # orbax logs through absl
+QUIET_LOGGERS = ("absl", "orbax", "jax", "etils", "tensorflow", "tensorstore")  # orbax logs through absl
 
 
 def configure(verbose: bool = False) -> None:
-  """score_jax's own messages at INFO; the libraries of :data:`QUIET_LOGGERS` at WARNING (INFO with ``verbose``)."""
-  logging.getLogger().setLevel(logging.INFO)
+  """score_jax's own messages at INFO on stderr (``HH:MM:SS LEVEL message``); the libraries of
+  :data:`QUIET_LOGGERS` at WARNING (INFO with ``verbose``)."""
+  root = logging.getLogger()
+  if not root.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+  root.setLevel(logging.INFO)
   level = logging.INFO if verbose else logging.WARNING
   for name in QUIET_LOGGERS:
     logging.getLogger(name).setLevel(level)

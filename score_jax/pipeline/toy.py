@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from score_jax import builders, checkpoints, fileio, gmm, likelihood, losses, metrics, models, randomness, sampling
 from score_jax import train as train_lib
+from score_jax.pipeline import workdir as workdir_lib
 
 __all__ = ["train", "evaluate", "sample", "run", "init_state", "load_state", "score_fn", "make_loss_fn",
            "draw_batch", "CHECKPOINT"]
@@ -349,7 +350,14 @@ def _likelihood_metrics(config, sde, fn, mixture, x, key) -> dict[str, float]:
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", *, progress: bool = True):
   """``train``: train (or resume) then evaluate; ``eval``: evaluate the saved model; ``sample``: write samples
-  only."""
+  only. The work directory is locked for the call (:func:`score_jax.pipeline.workdir.lock`)."""
+  if mode not in ("train", "eval", "sample"):
+    raise ValueError(f"Unknown mode {mode!r}; expected 'train', 'eval' or 'sample'.")
+  with workdir_lib.lock(workdir, mode):
+    return _run(config, workdir, mode, progress=progress)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, mode: str, *, progress: bool):
   if mode == "train":
     trained = train(config, workdir, progress=progress)
     result = evaluate(config, trained["state"], workdir, loss_history=trained["loss_history"], progress=progress)
@@ -357,12 +365,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", *,
     result["n_params"] = trained["n_params"]
     fileio.write_bytes(os.path.join(workdir, "metrics.json"), json.dumps(result, indent=2).encode())
     return result
-  if mode not in ("eval", "sample"):
-    raise ValueError(f"Unknown mode {mode!r}; expected 'train', 'eval' or 'sample'.")
   state = load_state(config, workdir)
   if mode == "eval":
     return evaluate(config, state, workdir, progress=progress)
-  drawn = sample(config, state, jax.random.fold_in(jax.random.PRNGKey(config.seed), randomness.TOY_SAMPLE),
-                 progress=progress)
+  drawn = sample(config, state, randomness.run_key(config.seed, randomness.TOY_SAMPLE), progress=progress)
   fileio.savez(os.path.join(workdir, "samples.npz"), **{k: v["samples"] for k, v in drawn.items()})
   return {k: dict(nfe=v["nfe"], seconds=v["seconds"]) for k, v in drawn.items()}
