@@ -50,7 +50,9 @@ import time
 from typing import Sequence
 
 _SCRIPTS = pathlib.Path(__file__).resolve().parent
-# The policy the docs recommend (docs/benchmarks.md, "Memory"): the least memory within the FLOPs budget.
+# --remat best: 'block' saves nothing inside a block, the least memory by construction, at 1.19x the FLOPs of
+# NCSN++'s step; XLA's CPU analysis shows no lower peak for NCSN++ with it (docs/benchmarks.md, "Memory"),
+# where --grad_accum is what lowers memory.
 BEST_REMAT = "block"
 PARTS = ("train", "sampler", "inception")
 

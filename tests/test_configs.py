@@ -42,6 +42,8 @@ SCORE_JAX_FIELDS = {
     "training.bf16": False,
     "training.keep_snapshots": 0,
     "training.snapshot_num_samples": 64,
+    "training.grad_accum_steps": 1,
+    "model.remat": "none",
     "eval.bpd_num_repeats": 5,
     "eval.bpd_num_examples": 0,
     "eval.inception_weights": "",

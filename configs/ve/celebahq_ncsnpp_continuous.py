@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.bf16 = False
   training.keep_snapshots = 0
   training.snapshot_num_samples = 64
+  training.grad_accum_steps = 1
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
@@ -114,6 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.fourier_scale = 16
   model.conv_size = 3
   model.embedding_type = "fourier"
+  model.remat = "none"  # score_jax: rematerialisation (configs/default_*_configs.py)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0
