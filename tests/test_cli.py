@@ -372,7 +372,7 @@ def _documented_commands():
 @pytest.mark.parametrize("module,argv", _documented_commands())
 def test_documented_commands_parse(module, argv, monkeypatch):
   monkeypatch.chdir(ROOT)
-  args = importlib.import_module(f"score_jax.{module}").parser().parse_args(argv)
+  args = importlib.import_module(f"score_jax.{COMMAND_MODULE.get(module, module)}").parser().parse_args(argv)
   assert args is not None
 
 
