@@ -199,7 +199,8 @@ TOY = configs_loader.load_config(pathlib.Path(__file__).parents[1] / "configs" /
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"method": "ddpm"}, "sampling.method='ddpm'; expected one of ['pc', 'ode', 'ddim', 'dpm_solver', 'heun', 'edm', 'edm_ablation']"),
+    ({"method": "ddpm"},
+     "sampling.method='ddpm'; expected one of ['pc', 'ode', 'ddim', 'dpm_solver', 'heun', 'edm', 'edm_ablation']"),
     ({"method": "ddim", "schedule": "cosine"}, "sampling.schedule='cosine'; expected one of"),
     ({"method": "heun", "eta": 0.5}, "sampling.eta=0.5 is DDIM's stochasticity; sampling.method='heun'"),
     ({"method": "ddim", "N": -2}, "sampling.N=-2; expected an integer >= 0"),
