@@ -18,11 +18,11 @@ is about two days on 8 V100s).
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.cifar10_ddpmpp_continuous import get_config as ddpmpp_config
 
 
 def get_config():
-  config = get_default_configs()
+  config = ddpmpp_config()  # the DDPM++ network of the original's CIFAR-10 configs, changed below as EDM does
 
   training = config.training
   training.sde = "vesde"
@@ -47,33 +47,12 @@ def get_config():
   data.random_flip = True
 
   model = config.model
-  model.name = "ncsnpp"
   model.sigma_min = 0.002  # the VE SDE over EDM's sampling range
   model.sigma_max = 80
-  model.scale_by_sigma = False
   model.ema_rate = 0.9999  # unused while ema_halflife_kimg > 0
   model.ema_halflife_kimg = 500.0
   model.ema_rampup_ratio = 0.05
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
   model.ch_mult = (2, 2, 2)
-  model.num_res_blocks = 4
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = False
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = "biggan"
-  model.progressive = "none"
-  model.progressive_input = "none"
-  model.progressive_combine = "sum"
-  model.attention_type = "ddpm"
-  model.init_scale = 0.0
-  model.embedding_type = "positional"
-  model.fourier_scale = 16
-  model.conv_size = 3
   model.dropout = 0.13
 
   optim = config.optim
