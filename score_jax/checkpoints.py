@@ -82,7 +82,7 @@ class CheckpointCorruptError(RuntimeError, UserError):
   """A checkpoint directory that is partial, truncated or unreadable, or whose arrays differ from their digests."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(OSError, UserError):
   """A save that failed (a full disk): its partial files are removed, the checkpoints before it kept."""
 
 
