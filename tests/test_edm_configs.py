@@ -96,6 +96,7 @@ def _check_two_steps(model, config):
   np.testing.assert_allclose(score, (D - x) / 0.49, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # compiles a DDPM++ train step (~12 s); EDM's losses and EMA have fast unit tests
 def test_edm_train_step_loss_and_ema():
   config = _config("configs/edm/cifar10_ddpmpp_edm.py", **TINY)
   model = edm_net.EDMPrecond(inner=_TinyNet(), kind="edm", precond_params=(("sigma_data", 0.5),))

@@ -126,6 +126,7 @@ _TWO_DEVICES = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # a subprocess with two CPU devices, ~25 s; the one-device equality runs by default
 def test_grad_accumulation_on_two_devices_equals_one_device_full_batch():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
