@@ -9,6 +9,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, Mapping, Sequence
@@ -61,6 +62,33 @@ def tiny_config(data: pathlib.Path, **overrides):
     section, field = name.split(".")
     config[section][field] = value
   return config
+
+
+def tiny_data(path: pathlib.Path, n: int = 24) -> pathlib.Path:
+  rng = np.random.default_rng(0)
+  np.savez(path, images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), labels=rng.integers(0, 10, n))
+  return path
+
+
+def override_flags(data: pathlib.Path, **overrides) -> list[str]:
+  flags = []
+  for name, value in {**TINY, "data.root": str(data), **overrides}.items():
+    text = f"({','.join(map(str, value))},)" if isinstance(value, tuple) else str(value)
+    flags.append(f"--config.{name}={text}")
+  return flags
+
+
+def env(tmp_path, **extra) -> dict:
+  """The environment of a launcher subprocess: CPU, and the test session's persistent compilation cache."""
+  cache = jax.config.jax_compilation_cache_dir or str(tmp_path.parent / "jax_cache")
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+              **extra)
+
+
+def launcher_argv(data, workdir, *flags, overrides=None) -> list[str]:
+  return [sys.executable, "-m", "score_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", "--progress=false",
+          *flags, *override_flags(data, **(overrides or {}))]
 
 
 def fake_feature_fn(images):

@@ -6,7 +6,6 @@ are covered by the dry validation at the end (shapes only).
 
 import hashlib
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -19,42 +18,24 @@ from helpers import (
   CONFIG,
   ROOT,
   SHARED,
-  TINY,
+  env,
   experiment,
   fake_feature_fn,
+  launcher_argv,
+  override_flags,
   run_with_kills,
   tiny_config,
+  tiny_data,
   tree_differences,
 )
 
 from score_jax import configs_loader, features, pipeline
 
-
-def _tiny_data(path: pathlib.Path, n: int = 24) -> pathlib.Path:
-  rng = np.random.default_rng(0)
-  np.savez(path, images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), labels=rng.integers(0, 10, n))
-  return path
-
-
-def _override_flags(data: pathlib.Path, **overrides) -> list[str]:
-  flags = []
-  for name, value in {**TINY, "data.root": str(data), **overrides}.items():
-    text = f"({','.join(map(str, value))},)" if isinstance(value, tuple) else str(value)
-    flags.append(f"--config.{name}={text}")
-  return flags
-
-
-def _env(tmp_path, **extra) -> dict:
-  # the persistent compilation cache of this test session (conftest): subprocesses load what was compiled here
-  cache = jax.config.jax_compilation_cache_dir or str(tmp_path.parent / "jax_cache")
-  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-              **extra)
+_tiny_data, _override_flags, _env = tiny_data, override_flags, env  # the launcher-test helpers of tests/helpers.py
 
 
 def _launcher(data, workdir, *flags, overrides=None, env=None, timeout=300):
-  argv = [sys.executable, "-m", "score_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", "--progress=false",
-          *flags, *_override_flags(data, **(overrides or {}))]
+  argv = launcher_argv(data, workdir, *flags, overrides=overrides)
   return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
