@@ -39,6 +39,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # score_jax: split each step's batch into this many micro-batches whose gradients are accumulated in the
   # jitted step (same update, the memory of one micro-batch); the batch per device must be a multiple of it.
   training.grad_accum_steps = 1
+  training.label_dropout = 0.0  # score_jax: class-conditional models: P(label -> null class)
   training.keep_snapshots = 0  # score_jax: periodic snapshots kept (the newest); 0 keeps all, as the original
   training.snapshot_num_samples = 64  # score_jax: samples in the grid written at each snapshot
 
@@ -52,6 +53,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.snr_reduction = "batch"
   sampling.ode_rtol = 1e-5  # score_jax: probability-flow ODE tolerances (the original's scipy RK45 values)
   sampling.ode_atol = 1e-5
+  sampling.class_label = -1  # score_jax: class-conditional models: the class (-1: random; label_dim: null)
+  sampling.guidance = 1.0  # score_jax: classifier-free guidance weight w (1: conditional; 0: unconditional)
   # score_jax: sampler choices beyond the original's (docs in score_jax/builders.py::sampler_settings).
   sampling.N = 0  # time steps of pc / ddim / dpm_solver / heun; 0 = model.num_scales
   sampling.ode_solver = "tsit5"  # a diffrax RK solver: euler, heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8
@@ -98,6 +101,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # score_jax: rematerialisation in the networks (score_jax.nets.remat.REMAT_POLICIES): "none", "block"
   # (recompute each block in the backward pass) or "block_save_convs" (keep its convolution outputs only).
   model.remat = "none"
+  model.label_dim = 0  # score_jax: classes of a class-conditional model (0: unconditional)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0

@@ -246,8 +246,13 @@ def _image_target(config, workdir, checkpoint, feature_fn=None) -> _Target:
 
   def make(cell_config, batch):
     if cell_config.sampling.method == "ode":  # the prior draws of the other methods (make_cell_sampler)
-      fn = jax.jit(lambda params, key, offset: make_cell_sampler(
-          cell_config, exp.sde, pipeline.score_fn(exp, params), (batch,) + exp.image_shape)(key, offset))
+      cell_exp = dataclasses.replace(exp, config=cell_config)
+
+      def cell_fn(params, key, offset):
+        scores, calls = pipeline.sampling_score_fn(cell_exp, params, key, batch, offset)
+        x, nfe = make_cell_sampler(cell_config, exp.sde, scores, (batch,) + exp.image_shape)(key, offset)
+        return x, nfe * calls
+      fn = jax.jit(cell_fn)
     else:
       fn = pipeline.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch)
     return lambda key, offset: fn(params, key, offset)

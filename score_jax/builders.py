@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import edm, edm_net, fast_sampling, losses, models, nets, sampling, sde_lib, validation
+from score_jax import conditional, edm, edm_net, fast_sampling, losses, models, nets, sampling, sde_lib, validation
 from score_jax.nets import ddpm as nets_ddpm
 from score_jax.nets import ncsnv2 as nets_ncsnv2
 from score_jax.nets import remat as nets_remat
@@ -82,7 +82,8 @@ def _build_ncsnpp(config: ml_collections.ConfigDict):
       attention_type=lower(m.attention_type), init_scale=m.init_scale, fourier_scale=fourier_scale,
       embedding_type=lower(m.embedding_type), scale_by_sigma=m.scale_by_sigma, nonlinearity=lower(m.nonlinearity),
       centered=d.centered, continuous=config.training.continuous, sigma_min=m.sigma_min, sigma_max=m.sigma_max,
-      num_scales=m.num_scales, conv_size=m.conv_size, remat=_remat(config))
+      num_scales=m.num_scales, conv_size=m.conv_size, remat=_remat(config),
+      label_dim=conditional.label_dim(config))
 
 
 def _check_image_data(config: ml_collections.ConfigDict) -> None:
@@ -101,7 +102,7 @@ def _build_ddpm(config: ml_collections.ConfigDict):
       dropout=m.dropout, resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
       normalization=m.normalization, nonlinearity=str(m.nonlinearity).lower(), centered=d.centered,
       scale_by_sigma=m.scale_by_sigma, sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales,
-      remat=_remat(config))
+      remat=_remat(config), label_dim=conditional.label_dim(config))
   nets_ddpm.check_ddpm(net, d.image_size)
   return net
 

@@ -80,12 +80,13 @@ def make_eval_fn(model: nn.Module, sde: sde_lib.SDE, *, eps: float):
   return make_example_fn(model, sde, eps=eps, train_mode=False)
 
 
-def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
-  """Raise ValueError unless every label is an integer in ``[0, num_classes)``."""
+def check_labels(labels: np.ndarray, num_classes: int, where: str, field: str = "classifier.num_classes") -> None:
+  """Raise ValueError unless every label is an integer in ``[0, num_classes)`` (``field``: the config field of
+  ``num_classes``, named in the message)."""
   labels = np.asarray(labels)
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"{where} has labels in [{labels.min()}, {labels.max()}], outside [0, classifier.num_classes="
-                     f"{num_classes}); set classifier.num_classes to the number of classes of the data.")
+    raise ValueError(f"{where} has labels in [{labels.min()}, {labels.max()}], outside [0, {field}="
+                     f"{num_classes}); set {field} to the number of classes of the data.")
 
 
 def accuracy_by_bins(sde: sde_lib.SDE, t: np.ndarray, correct: np.ndarray, *, eps: float, n_bins: int) -> list[dict]:

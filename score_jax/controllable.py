@@ -210,6 +210,13 @@ def run_task(config, task: str, workdir, out, *, images: str | None = None, mask
   from score_jax import builders, datasets, fileio, pipeline
 
   exp = pipeline.setup(config)
+  from score_jax import conditional
+
+  if conditional.label_dim(config) and not conditional.label_dropout(config):
+    raise ValueError(f"controllable generation uses the model's unconditional score (its null class), but this "
+                     f"class-conditional model (model.label_dim={conditional.label_dim(config)}) was trained with "
+                     "training.label_dropout=0, so its null class is untrained; use a model trained with "
+                     "label dropout > 0 or an unconditional one.")
   shape = exp.image_shape
   centered = bool(config.data.centered)
   if task in ("inpaint", "colorize"):

@@ -45,18 +45,19 @@ class EDMPrecond(nn.Module):
   label_mode: str = "positional"
   output: str = "score"
 
-  def denoise(self, x: Array, sigma: Array, train: bool = False) -> Array:
-    """``D(x [B, ...]; sigma [B])``."""
+  def denoise(self, x: Array, sigma: Array, train: bool = False, class_labels: Array | None = None) -> Array:
+    """``D(x [B, ...]; sigma [B])``, of the classes ``class_labels [B]`` for a class-conditional inner network."""
     if self.label_mode not in LABEL_MODES:
       raise ValueError(f"label_mode={self.label_mode!r}; expected one of {list(LABEL_MODES)}.")
+    extra = {} if class_labels is None else {"class_labels": class_labels}
     model_fn = lambda x_in, c_noise: self.inner(x_in, jnp.exp(c_noise) if self.label_mode == "fourier" else c_noise,
-                                                train=train)
+                                                train=train, **extra)
     return edm.precondition(self.kind, model_fn, **dict(self.precond_params))(x, sigma)
 
   @nn.compact
-  def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, labels: Array, train: bool = False, class_labels: Array | None = None) -> Array:
     sigma = jnp.asarray(labels, x.dtype)  # [B]
-    D = self.denoise(x, sigma, train)
+    D = self.denoise(x, sigma, train, class_labels)
     if self.output == "denoised":
       return D
     if self.output != "score":

@@ -91,20 +91,24 @@ class ScoreMLP(nn.Module):
     return out
 
 
-def get_model_fn(model: nn.Module, variables, train: bool = False, rng: Array | None = None):
+def get_model_fn(model: nn.Module, variables, train: bool = False, rng: Array | None = None,
+                 class_labels: Array | None = None):
   """The raw network as ``model_fn(x, labels)``.
 
   Args:
     model, variables: the flax module and its variables.
     train: training mode (dropout on).
     rng: the 'dropout' PRNG key for ``train=True`` networks with dropout; None for no rng.
+    class_labels: ``[B]`` class labels of a class-conditional network (``model.label_dim > 0``; the value
+      ``label_dim`` is the null class); None passes none (the null class for a conditional network).
   """
   rngs = None if rng is None else {"dropout": rng}
-  return lambda x, labels: model.apply(variables, x, labels, train=train, rngs=rngs)
+  extra = {} if class_labels is None else {"class_labels": class_labels}
+  return lambda x, labels: model.apply(variables, x, labels, train=train, rngs=rngs, **extra)
 
 
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = False, continuous: bool = True,
-                 rng: Array | None = None):
+                 rng: Array | None = None, class_labels: Array | None = None):
   """The network as a batched score ``score_fn(x [B, ...], t [B])``, with the original's conventions.
 
   - VE, continuous: the network gets the noise level ``sigma(t)`` and outputs the score directly (it
@@ -114,9 +118,9 @@ def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = Fa
     so the score is ``-output / s(t)`` with the marginal std ``s(t)``.
   - VP, discrete: the label is ``t (N - 1)`` and the std is DDPM's ``sqrt(1 - alphabar)`` at that index.
 
-  ``rng`` is the 'dropout' key of :func:`get_model_fn`. :func:`make_score_fn` wraps any raw ``model_fn``.
+  ``rng`` and ``class_labels`` are those of :func:`get_model_fn`. :func:`make_score_fn` wraps any raw ``model_fn``.
   """
-  return make_score_fn(sde, get_model_fn(model, variables, train, rng), continuous)
+  return make_score_fn(sde, get_model_fn(model, variables, train, rng, class_labels), continuous)
 
 
 def make_score_fn(sde: sde_lib.SDE, model_fn, continuous: bool = True):

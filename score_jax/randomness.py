@@ -18,7 +18,8 @@ Array = jax.Array
 
 __all__ = [
     "INIT", "TRAIN", "SNAPSHOT", "EVAL", "SAMPLE", "BPD", "CONTROLLABLE", "EXAMPLE_T", "EXAMPLE_NOISE",
-    "EXAMPLE_DROPOUT", "EXAMPLE_PROJECTIONS", "PRIOR", "CORRECTOR", "PREDICTOR", "CONSTRAINT_AFTER_CORRECTOR",
+    "EXAMPLE_DROPOUT", "EXAMPLE_PROJECTIONS", "EXAMPLE_LABEL_DROP", "PRIOR", "SAMPLE_CLASS",
+    "CORRECTOR", "PREDICTOR", "CONSTRAINT_AFTER_CORRECTOR",
     "CONSTRAINT_AFTER_PREDICTOR", "ABLATE_TRUE", "ABLATE_FLOOR", "ABLATE_SAMPLE", "ABLATE_SLICES", "TOY_INIT",
     "TOY_TRAIN", "TOY_DATA", "TOY_EVAL", "TOY_SAMPLE", "TOY_EVAL_TRUE", "TOY_EVAL_FLOOR", "TOY_EVAL_SAMPLES",
     "TOY_EVAL_SLICES", "TOY_EVAL_LIKELIHOOD", "TOY_SAMPLE_PC", "TOY_SAMPLE_ODE", "run_key", "example_keys",
@@ -40,6 +41,7 @@ EXAMPLE_T = 0  # its time t (continuous) or noise-level index (discrete)
 EXAMPLE_NOISE = 1  # its Gaussian perturbation z
 EXAMPLE_DROPOUT = 2  # its dropout masks (then fold_in of the layer's path)
 EXAMPLE_PROJECTIONS = 3  # its random projections v (sliced score matching, ssm / ssm_vr)
+EXAMPLE_LABEL_DROP = 4  # whether its class label is replaced by the null class (training.label_dropout)
 
 # ---- the draws of one sample at sampler step s: fold_in(fold_in(example key, s), stream) -----------------------
 PRIOR = 0  # the prior draw x_T (at step 0)
@@ -47,6 +49,7 @@ CORRECTOR = 1  # the corrector's noise (Langevin / ALD)
 PREDICTOR = 2  # the predictor's noise (and DDIM's with eta > 0)
 CONSTRAINT_AFTER_CORRECTOR = 3  # a constraint's observation noise after the corrector (controllable)
 CONSTRAINT_AFTER_PREDICTOR = 4  # ... and after the predictor; unconstrained samples never draw these
+SAMPLE_CLASS = 5  # its class (sampling.class_label=-1, a class-conditional model), at step 0
 
 # ---- the 2-D default (score_jax.toy): fold_in(PRNGKey(config.seed), stream) -----------------------------------
 TOY_INIT, TOY_TRAIN, TOY_DATA, TOY_EVAL, TOY_SAMPLE = range(5)  # initialisation, loss draws, data, metrics, samples

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_jax import edm, losses, models, randomness, sde_lib
+from score_jax import conditional, edm, losses, models, randomness, sde_lib
 
 Array = jax.Array
 
@@ -214,14 +214,16 @@ def _per_example_dropout(keys: Array):
   return interceptor
 
 
-def make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True) -> Callable[[Array, Array], Array]:
+def make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True,
+                  class_labels: Array | None = None) -> Callable[[Array, Array], Array]:
   """The network as a batched ``model_fn(x [B, ...], labels [B]) -> fp32 [B, ...]``, in train mode (dropout)
   unless ``train=False``.
 
   Each example's dropout masks come from its own key in ``keys [B]`` (:func:`_per_example_dropout`). With a
   bf16 ``compute_dtype`` the parameters and the inputs of every layer are bf16 (the fp32 master weights get
   fp32 gradients through the cast), except the Fourier features (:data:`_FP32_MODULES`); the labels reach the
-  network in fp32 and the output is cast back to fp32 for the loss.
+  network in fp32 and the output is cast back to fp32 for the loss. ``class_labels [B]``: the classes of a
+  class-conditional network (:func:`score_jax.models.get_model_fn`).
   """
   bf16 = compute_dtype == jnp.bfloat16
   variables = {"params": _cast_params(params, compute_dtype) if bf16 else params}
@@ -229,7 +231,8 @@ def make_model_fn(model, params, keys: Array, compute_dtype, train: bool = True)
 
   def model_fn(x, labels):
     apply = models.get_model_fn(model, variables, train=train,
-                                rng=jax.random.PRNGKey(_DROPOUT_LAYERS_KEY) if train else None)
+                                rng=jax.random.PRNGKey(_DROPOUT_LAYERS_KEY) if train else None,
+                                class_labels=class_labels)
     with nn.intercept_methods(_per_example_dropout(dropout_keys)):
       if bf16:
         with nn.intercept_methods(_bf16_inputs):
@@ -251,9 +254,15 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
   network as a score (:func:`score_jax.models.make_score_fn`); discrete training uses SMLD (VE) or DDPM
   (VP) on the raw network. ``training.bf16`` runs the network in bf16 (see :func:`make_model_fn`).
   ``train=False`` evaluates the network without dropout (the evaluation loss).
+
+  A class-conditional model (``model.label_dim = K > 0``, :mod:`score_jax.conditional`) takes ``x`` as the pytree
+  ``(images [B, ...], class_labels [B])``; in training each label is replaced by the null class ``K`` with
+  probability ``training.label_dropout``, drawn from its example's key.
   """
   t = config.training
   kind = loss_kind(config, sde)
+  n_classes = conditional.label_dim(config)
+  p_drop = conditional.label_dropout(config) if train else 0.0
   compute_dtype = jnp.bfloat16 if t.get("bf16", False) else jnp.float32
   eps = t.get("eps", 1e-5)
   if kind in edm.TRAINING_LOSSES:  # EDM: the network is a score_jax.edm_net.EDMPrecond (builders.build_model)
@@ -262,10 +271,15 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, sde: sde_lib.SDE, *, 
     model = model.clone(output="denoised")
 
   def loss_fn(params, x, key_step, offset=0, stride=1):
+    class_labels = None
+    if n_classes:
+      x, class_labels = x
     keys = example_keys(key_step, x.shape[0], offset, stride)  # [B]
     noise = jax.vmap(lambda k: example_noise(k, x.shape[1:]))(keys)  # [B, ...]
     key_t = jax.vmap(lambda k: jax.random.fold_in(k, randomness.EXAMPLE_T))(keys)
-    model_fn = make_model_fn(model, params, keys, compute_dtype, train)
+    if n_classes:
+      class_labels = conditional.drop_labels_of_examples(jnp.asarray(class_labels, jnp.int32), keys, p_drop, n_classes)
+    model_fn = make_model_fn(model, params, keys, compute_dtype, train, class_labels=class_labels)
     x = x.astype(jnp.float32)
     if kind in edm.TRAINING_LOSSES:  # per element as EDM; summed per example (EDM's) or averaged (reduce_mean)
       draw_u = jax.random.normal if edm_kind == "edm" else jax.random.uniform

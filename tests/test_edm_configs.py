@@ -36,7 +36,7 @@ def _config(path, **overrides):
 
 
 def test_edm_configs_exist():
-  assert "configs/edm/cifar10_ddpmpp_edm.py" in EDM_CONFIGS
+  assert {"configs/edm/cifar10_ddpmpp_edm.py", "configs/edm/cifar10_ddpmpp_edm_cond.py"} <= set(EDM_CONFIGS)
 
 
 @pytest.mark.parametrize("path", EDM_CONFIGS)

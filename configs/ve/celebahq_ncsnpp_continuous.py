@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.keep_snapshots = 0
   training.snapshot_num_samples = 64
   training.grad_accum_steps = 1
+  training.label_dropout = 0.0  # score_jax: class-conditional models: P(label -> null class)
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
@@ -56,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.snr_reduction = "batch"
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
+  sampling.class_label = -1  # score_jax: class-conditional models: the class (-1: random; label_dim: null)
+  sampling.guidance = 1.0  # score_jax: classifier-free guidance weight w (1: conditional; 0: unconditional)
   # score_jax: sampler choices beyond the original's (docs in score_jax/builders.py::sampler_settings).
   sampling.N = 0  # time steps of pc / ddim / dpm_solver / heun; 0 = model.num_scales
   sampling.ode_solver = "tsit5"  # a diffrax RK solver: euler, heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8
@@ -116,6 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.conv_size = 3
   model.embedding_type = "fourier"
   model.remat = "none"  # score_jax: rematerialisation (configs/default_*_configs.py)
+  model.label_dim = 0  # score_jax: classes of a class-conditional model (0: unconditional)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0

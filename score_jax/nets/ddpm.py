@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_jax.nets import layers
 from score_jax.nets.layers import (
   AttnBlock,
   Downsample,
@@ -96,6 +97,9 @@ class DDPM(nn.Module):
     sigma_min, sigma_max, num_scales: the noise levels for ``scale_by_sigma``.
     remat: rematerialisation of the residual and attention blocks, one of
       :data:`score_jax.nets.remat.REMAT_POLICIES` (``model.remat``; same variables and outputs).
+    label_dim: number of classes K of a class-conditional network (0: none); ``class_labels [B]`` in ``[0, K]``
+      (K: the null class of classifier-free guidance) are embedded and added to the label embedding
+      (:func:`score_jax.nets.layers.add_class_embedding`).
   """
 
   nf: int = 128
@@ -113,9 +117,13 @@ class DDPM(nn.Module):
   sigma_max: float = 50.0
   num_scales: int = 1000
   remat: str = "none"
+  label_dim: int = 0
 
   @nn.compact
-  def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, labels: Array, train: bool = False, class_labels: Array | None = None) -> Array:
+    layers.check_label_dim(self.label_dim, self.conditional, "DDPM")
+    if class_labels is not None and not self.label_dim:
+      raise ValueError("DDPM: class_labels given to an unconditional network (label_dim=0); set model.label_dim.")
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
       raise ValueError(f"DDPM: expected square NHWC images [B, H, H, C], got shape {x.shape}.")
     check_ddpm(self, x.shape[1])
@@ -135,6 +143,8 @@ class DDPM(nn.Module):
 
     if self.conditional:
       temb = timestep_embedding(labels, self.nf)  # [B, nf]
+      if self.label_dim:
+        temb = layers.add_class_embedding(temb, class_labels, self.label_dim)
       temb = nn.Dense(TEMB_MULT * self.nf, kernel_init=default_init())(temb)
       temb = nn.Dense(TEMB_MULT * self.nf, kernel_init=default_init())(act(temb))  # [B, 4 nf]
     else:

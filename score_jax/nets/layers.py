@@ -22,7 +22,8 @@ Array = jax.Array
 __all__ = [
     "ACTIVATIONS", "get_act", "default_init", "conv1x1", "conv3x3", "NIN", "spatial_self_attention", "AttnBlock",
     "Upsample", "Downsample",
-    "ResnetBlockDDPM", "timestep_embedding", "group_norm_groups", "check_group_norm",
+    "ResnetBlockDDPM", "timestep_embedding", "group_norm_groups", "check_group_norm", "CLASS_EMBED_NAME",
+    "check_label_dim", "add_class_embedding",
 ]
 
 # variance_scaling rejects a zero scale; the original substitutes this tiny one for "zero-initialised"
@@ -53,6 +54,39 @@ def get_act(name: str) -> Callable[[Array], Array]:
 def default_init(scale: float = 1.0) -> Callable:
   """DDPM's initialiser: variance scaling with ``fan_avg`` and a uniform distribution (scale 0 -> 1e-10)."""
   return nn.initializers.variance_scaling(ZERO_INIT_SCALE if scale == 0 else scale, "fan_avg", "uniform")
+
+
+# The Dense layer of a class-conditional network's label embedding (named, so that the auto-numbered Dense layers of
+# the noise embedding keep their names and an unconditional network's variables are unchanged).
+CLASS_EMBED_NAME = "class_embed"
+
+
+def check_label_dim(label_dim: int, conditional: bool, where: str) -> None:
+  """``label_dim`` is 0 (unconditional) or the number of classes K >= 2 of a noise-conditional network."""
+  if isinstance(label_dim, bool) or not isinstance(label_dim, int) or label_dim < 0 or label_dim == 1:
+    raise ValueError(f"{where}: label_dim={label_dim!r}; expected 0 (no class labels) or the number of classes (>= 2).")
+  if label_dim and not conditional:
+    raise ValueError(f"{where}: label_dim={label_dim} needs the noise-level embedding (conditional=True), to which "
+                     "the class embedding is added.")
+
+
+def add_class_embedding(emb: Array, class_labels: Array | None, label_dim: int) -> Array:
+  """``emb [B, D]`` plus a learned embedding of the class labels (EDM's ``map_label``), in the calling module.
+
+  ``class_labels [B]`` are integers in ``[0, label_dim]``; ``label_dim`` is the null class of classifier-free
+  guidance, whose one-hot vector is zero (so its embedding is the layer's bias, zero at initialisation). None
+  means the null class for every example. As EDM, the one-hot vector is scaled by ``sqrt(label_dim)`` and mapped
+  by a Dense layer (Xavier-uniform kernel, zero bias) to the width of the noise embedding, before its MLP.
+  """
+  if class_labels is None:
+    class_labels = jnp.full(emb.shape[:1], label_dim, jnp.int32)
+  class_labels = jnp.asarray(class_labels)
+  if class_labels.shape != emb.shape[:1]:
+    raise ValueError(f"class_labels must have shape {emb.shape[:1]} (one per example); got {class_labels.shape}.")
+  one_hot = jax.nn.one_hot(class_labels, label_dim, dtype=emb.dtype)  # the null class label_dim -> all zeros
+  dense = nn.Dense(emb.shape[-1], kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros,
+                   name=CLASS_EMBED_NAME)
+  return emb + dense(one_hot * jnp.sqrt(jnp.asarray(label_dim, emb.dtype)))
 
 
 def group_norm_groups(channels: int) -> int:

@@ -79,6 +79,9 @@ class NCSNpp(nn.Module):
     conv_size: must be 3 (as in the original, which ignores it).
     remat: rematerialisation of the residual and attention blocks, one of
       :data:`score_jax.nets.remat.REMAT_POLICIES` (score_jax's ``model.remat``; same variables and outputs).
+    label_dim: number of classes K of a class-conditional network (0: none); ``class_labels [B]`` in ``[0, K]``
+      (K: the null class of classifier-free guidance) are embedded and added to the noise embedding before its
+      MLP, as EDM's ``map_label`` (:func:`score_jax.nets.layers.add_class_embedding`).
   """
 
   nf: int = 128
@@ -108,6 +111,7 @@ class NCSNpp(nn.Module):
   num_scales: int = 1000
   conv_size: int = SUPPORTED_CONV_SIZE
   remat: str = "none"
+  label_dim: int = 0
 
   def __post_init__(self):
     self.validate()
@@ -123,6 +127,7 @@ class NCSNpp(nn.Module):
     _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
     layers.get_act(self.nonlinearity)
     check_remat(self.remat)
+    layers.check_label_dim(self.label_dim, self.conditional, "NCSNpp")
     if self.embedding_type == "fourier" and not self.continuous:
       raise ValueError("embedding_type 'fourier' needs continuous labels (training.continuous=True); "
                        "use 'positional' for discrete training.")
@@ -168,8 +173,12 @@ class NCSNpp(nn.Module):
     return out
 
   @nn.compact
-  def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
-    """``x [B, H, W, C]``, ``labels [B]`` (sigma, ``t * 999`` or an integer index) -> ``[B, H, W, C]``."""
+  def __call__(self, x: Array, labels: Array, train: bool = False, class_labels: Array | None = None) -> Array:
+    """``x [B, H, W, C]``, ``labels [B]`` (sigma, ``t * 999`` or an integer index) -> ``[B, H, W, C]``;
+    ``class_labels [B]`` in ``[0, label_dim]`` (``label_dim`` = the null class; None = null for all) when
+    ``label_dim > 0``."""
+    if class_labels is not None and not self.label_dim:
+      raise ValueError("NCSNpp: class_labels given to an unconditional network (label_dim=0); set model.label_dim.")
     if x.ndim != 4 or labels.shape != x.shape[:1]:
       raise ValueError(f"NCSNpp expects x [B, H, W, C] and labels [B]; got {x.shape} and {labels.shape}.")
     if x.shape[1] % self.downsampling_factor or x.shape[2] % self.downsampling_factor:
@@ -188,6 +197,8 @@ class NCSNpp(nn.Module):
         sigma = smld_sigmas(self.sigma_min, self.sigma_max, self.num_scales)[labels.astype(jnp.int32)]
       temb = layers.timestep_embedding(labels, nf)
     if self.conditional:
+      if self.label_dim:
+        temb = layers.add_class_embedding(temb, class_labels, self.label_dim)
       temb = nn.Dense(4 * nf, kernel_init=layers.default_init())(temb)
       temb = nn.Dense(4 * nf, kernel_init=layers.default_init())(act(temb))
     else:

@@ -30,6 +30,7 @@ from score_jax.pipeline.experiment import (
     load_classifier,
     load_params,
     make_sample_fn,
+    sampling_score_fn,
     score_fn,
     setup,
     summary_line,
@@ -42,5 +43,6 @@ from score_jax.pipeline.workdir import WorkdirLockedError
 
 __all__ = ["ALL_CHECKPOINTS", "Experiment", "check_config", "dry_run", "evaluate", "evaluate_all", "load_classifier",
            "load_features", "load_params", "load_samples", "make_sample_fn", "sample", "sample_chunks",
-           "sample_features", "score_fn", "setup", "summary_line", "to_uint8", "train_and_evaluate",
+           "sample_features", "sampling_score_fn", "score_fn",
+           "setup", "summary_line", "to_uint8", "train_and_evaluate",
            "WorkdirLockedError"]

@@ -26,6 +26,7 @@ from score_jax import (
   builders,
   checkpoints,
   classifier,
+  conditional,
   convert,
   datasets,
   fileio,
@@ -38,7 +39,8 @@ from score_jax import (
 )
 
 __all__ = ["Experiment", "setup", "check_config", "n_jitted_steps", "summary_line", "checkpointer",
-           "score_fn", "to_uint8", "make_sample_fn", "load_params", "announce", "GRID_MAX", "ALL_CHECKPOINTS",
+           "score_fn", "sampling_score_fn", "to_uint8", "make_sample_fn", "load_params", "announce", "GRID_MAX",
+           "ALL_CHECKPOINTS",
            "EVAL_ITEMS", "load_classifier", "compiling",
            "save_grid", "VIEW_SCALE"]
 
@@ -115,6 +117,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"training.parallel={t.parallel!r}; expected one of {list(parallel.MODES)}.")
   if not builders.is_classifier(config):
     builders.sampler_settings(config)  # sampling.method and the fields it reads
+    conditional.label_dropout(config)  # and a class-conditional model's labels and guidance
+    conditional.guidance_settings(config)
   e = config.eval
   validation.check_int(e.batch_size, "eval.batch_size")
   validation.check_int(e.num_samples, "eval.num_samples")
@@ -155,7 +159,9 @@ def _objective(exp: Experiment) -> str:
   c = exp.config
   if exp.task == "classifier":
     return f"{c.classifier.name} ({c.classifier.num_classes} classes) {type(exp.sde).__name__} cross-entropy"
-  return f"{c.model.name} {type(exp.sde).__name__} {train.loss_kind(c, exp.sde)}"
+  k = conditional.label_dim(c)
+  classes = f" ({k} classes, label dropout {conditional.label_dropout(c):g})" if k else ""
+  return f"{c.model.name}{classes} {type(exp.sde).__name__} {train.loss_kind(c, exp.sde)}"
 
 
 def summary_line(exp: Experiment, mode: str, extra: str = "", batch_size: int | None = None) -> str:
@@ -205,9 +211,38 @@ def checkpointer(exp: Experiment, workdir) -> checkpoints.Checkpointer:
   return checkpoints.Checkpointer.from_config(exp.config, workdir, template=exp.abstract_state.to_dict())
 
 
-def score_fn(exp: Experiment, params):
-  """The score of the network with ``params`` (evaluation mode), ``score_fn(x [B, ...], t [B])``."""
-  return models.get_score_fn(exp.sde, exp.model, {"params": params}, train=False, continuous=exp.continuous)
+def score_fn(exp: Experiment, params, class_labels=None, guidance: float = 1.0):
+  """The score of the network with ``params`` (evaluation mode), ``score_fn(x [B, ...], t [B])``.
+
+  A class-conditional model (``model.label_dim > 0``) scores the classes ``class_labels [B]`` (None: the null
+  class, i.e. its unconditional score) with classifier-free guidance weight ``guidance``
+  (:func:`score_jax.conditional.guided_score_fn`).
+  """
+  variables = {"params": params}
+  k = conditional.label_dim(exp.config) if exp.task == "score" else 0
+  if not k:
+    if class_labels is not None:
+      raise ValueError("class_labels given for an unconditional model (model.label_dim=0).")
+    return models.get_score_fn(exp.sde, exp.model, variables, train=False, continuous=exp.continuous)
+  if class_labels is None:
+    return models.get_score_fn(exp.sde, exp.model, variables, train=False, continuous=exp.continuous,
+                               class_labels=None)
+  return conditional.guided_score_fn(exp.sde, exp.model, variables, class_labels, guidance, k, exp.continuous)
+
+
+def sampling_score_fn(exp: Experiment, params, key, batch_size: int, offset):
+  """``(score_fn, calls)``: the score the samplers use for the samples ``offset + arange(batch_size)`` drawn with
+  ``key``, and the network calls per score evaluation (multiply a sampler's NFE by it).
+
+  Unconditional models: their score, 1 call. Class-conditional ones: the classes of ``sampling.class_label``
+  (random ones drawn per sample, :func:`score_jax.conditional.sample_class_labels`) guided with
+  ``sampling.guidance`` (2 calls for a weight other than 0 and 1).
+  """
+  g = conditional.guidance_settings(exp.config)
+  if not g["label_dim"]:
+    return score_fn(exp, params), 1
+  labels = conditional.sample_class_labels(key, batch_size, offset, g["label_dim"], g["class_label"])
+  return score_fn(exp, params, labels, g["guidance"]), conditional.network_calls_per_score(g["guidance"])
 
 
 def to_uint8(exp: Experiment, x) -> np.ndarray:
@@ -219,12 +254,16 @@ def to_uint8(exp: Experiment, x) -> np.ndarray:
 def make_sample_fn(exp: Experiment, batch_size: int):
   """``fn(params, key, offset) -> (samples [batch_size, H, W, C] float, nfe)`` with ``sampling.method``, jitted.
 
-  Sample ``offset + b`` draws all its noise from ``fold_in(key, offset + b)``.
+  Sample ``offset + b`` draws all its noise (and its class, for a class-conditional model with
+  ``sampling.class_label=-1``) from ``fold_in(key, offset + b)``. ``nfe`` counts network evaluations (2 per
+  score with classifier-free guidance).
   """
   shape = (batch_size,) + exp.image_shape
 
   def fn(params, key, offset):
-    return builders.build_sampler(exp.config, exp.sde, score_fn(exp, params), shape)(key, offset)
+    scores, calls = sampling_score_fn(exp, params, key, batch_size, offset)
+    x, nfe = builders.build_sampler(exp.config, exp.sde, scores, shape)(key, offset)
+    return x, nfe * calls
 
   if exp.n_devices > 1 and batch_size % exp.n_devices == 0 and jax.process_count() == 1:
     return jax.jit(fn, out_shardings=parallel.batch_and_replicated_shardings())

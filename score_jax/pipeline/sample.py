@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import builders, fileio, randomness, validation
+from score_jax import builders, conditional, fileio, randomness, validation
 from score_jax.pipeline import experiment, store
 from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
@@ -25,6 +25,25 @@ def sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
   meta = dict(checkpoint=tag, seed=int(c.seed), sampling=c.sampling.to_dict(), model=c.model.to_dict(),
               image_shape=list(exp.image_shape), centered=bool(c.data.centered), chunk=chunk)
   return json.loads(json.dumps(meta))  # as it reads back from meta.json (tuples become lists)
+
+
+def _class_suffix(config: ml_collections.ConfigDict) -> str:
+  """``_class<c>_w<w>`` (``_random_w<w>`` for random classes) for a class-conditional model: sweeps over the class
+  and the guidance weight get a sample directory each; empty for unconditional models."""
+  g = conditional.guidance_settings(config)
+  if not g["label_dim"]:
+    return ""
+  which = "random" if g["class_label"] == conditional.RANDOM_CLASS else f"class{g['class_label']}"
+  return f"_{which}_w{g['guidance']:g}"
+
+
+def _guidance_text(config: ml_collections.ConfigDict) -> str:
+  g = conditional.guidance_settings(config)
+  if not g["label_dim"]:
+    return ""
+  which = "random classes" if g["class_label"] == conditional.RANDOM_CLASS else (
+      "the null class" if g["class_label"] == g["label_dim"] else f"class {g['class_label']}")
+  return f" ({which}, guidance w={g['guidance']:g})"
 
 
 def check_finite(x: np.ndarray, start: int, config: ml_collections.ConfigDict) -> None:
@@ -84,7 +103,7 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
   """:func:`sample` with the parameters loaded (``tag`` names their checkpoint)."""
   config = exp.config
   chunk = int(config.eval.batch_size)
-  out = pathlib.Path(workdir) / "samples" / f"{tag}_{config.sampling.method}"
+  out = pathlib.Path(workdir) / "samples" / f"{tag}_{config.sampling.method}{_class_suffix(config)}"
   meta = sample_meta(exp, tag, chunk)
   meta_path = out / "meta.json"
   if meta_path.exists():
@@ -98,7 +117,8 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
     out.mkdir(parents=True, exist_ok=True)
     fileio.write_json(str(meta_path), meta)
   experiment.announce(experiment.summary_line(
-      exp, "sample", f"{num} samples in chunks of {chunk} with {config.sampling.method} | {out}", batch_size=chunk))
+      exp, "sample", f"{num} samples in chunks of {chunk} with {config.sampling.method}{_guidance_text(config)} | "
+      f"{out}", batch_size=chunk))
   folder = None
   if feature_fn is not None and is_main:
     folder = store.features_folder(out, feature_fn)

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import checkpoints, classifier, datasets, fileio, parallel, randomness, train
+from score_jax import checkpoints, classifier, conditional, datasets, fileio, parallel, randomness, train
 from score_jax.pipeline import experiment
 from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
@@ -28,11 +28,20 @@ def _crossed(before: int, after: int, freq: int) -> bool:
   return freq > 0 and after // freq > before // freq
 
 
+def _label_classes(exp: Experiment) -> tuple[int, str] | None:
+  """``(number of classes, its config field)`` of a model trained on labels (a classifier or a class-conditional
+  score model), or None."""
+  if exp.task == "classifier":
+    return int(exp.config.classifier.num_classes), "classifier.num_classes"
+  k = conditional.label_dim(exp.config)
+  return (k, "model.label_dim") if k else None
+
+
 def _abstract_batch(exp: Experiment):
   t = exp.config.training
   lead = (experiment.n_jitted_steps(exp.config), t.batch_size)
   images = jax.ShapeDtypeStruct(lead + exp.image_shape, jnp.float32)
-  return (images, jax.ShapeDtypeStruct(lead, jnp.int32)) if exp.task == "classifier" else images
+  return (images, jax.ShapeDtypeStruct(lead, jnp.int32)) if _label_classes(exp) else images
 
 
 def _train_loss_fn(exp: Experiment):
@@ -53,24 +62,31 @@ def _eval_loss_fn(exp: Experiment):
 
 
 def model_inputs(exp: Experiment, batch: dict):
-  """What a step or an evaluation takes of a data batch: the images, and for a classifier (images, labels)."""
-  if exp.task != "classifier":
+  """What a step or an evaluation takes of a data batch: the images, and for a classifier or a class-conditional
+  score model (images, labels)."""
+  classes = _label_classes(exp)
+  if classes is None:
     return batch["image"]
-  classifier.check_labels(batch["label"], exp.config.classifier.num_classes, "a data batch")
+  if "label" not in batch:
+    raise ValueError(f"a data batch of data.dataset={exp.config.data.dataset!r} has no labels, which {classes[1]}="
+                     f"{classes[0]} needs.")
+  classifier.check_labels(batch["label"], classes[0], "a data batch", field=classes[1])
   return batch["image"], batch["label"]
 
 
 def check_labelled(exp: Experiment, ds: datasets.Dataset, what: str) -> None:
-  """A classifier's data must have labels, in ``[0, classifier.num_classes)`` (checked up front where the source
-  holds them in memory, else batch by batch before each step)."""
-  if exp.task != "classifier":
+  """A classifier's or a class-conditional model's data must have labels, in ``[0, num_classes)`` (checked up
+  front where the source holds them in memory, else batch by batch before each step)."""
+  classes = _label_classes(exp)
+  if classes is None:
     return
   name = exp.config.data.dataset
+  who = "a classifier" if exp.task == "classifier" else f"a class-conditional model ({classes[1]}={classes[0]})"
   if not ds.has_labels:
-    raise ValueError(f"the {what} of data.dataset={name!r} has no labels, which a classifier needs (an .npz with "
+    raise ValueError(f"the {what} of data.dataset={name!r} has no labels, which {who} needs (an .npz with "
                      "'labels' [N], a folder of class subfolders, or a tfds dataset with a 'label' feature).")
   if ds.labels is not None:
-    classifier.check_labels(ds.labels, exp.config.classifier.num_classes, f"the {what} of data.dataset={name!r}")
+    classifier.check_labels(ds.labels, classes[0], f"the {what} of data.dataset={name!r}", field=classes[1])
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir=None, *, check_data: bool = True,

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from score_jax import datasets, randomness, train
 from score_jax.pipeline.evaluators import common
 from score_jax.pipeline.experiment import Experiment
+from score_jax.pipeline.training import model_inputs
 
 __all__ = ["run"]
 
@@ -21,7 +22,7 @@ def run(exp: Experiment, params, ds: datasets.Dataset, *, progress: bool = True)
   values = []
   for index in tqdm(range(n_batches), desc="eval loss", unit="batch", disable=not progress):
     batch = ds.eval_batch(index)
-    losses = np.asarray(fn(params, batch["image"], exp.key(randomness.EVAL), index * ds.global_batch_size))
+    losses = np.asarray(fn(params, model_inputs(exp, batch), exp.key(randomness.EVAL), index * ds.global_batch_size))
     values.append(losses[common.pass_mask(ds, batch, index, count)])
   mean, se = common.mean_se(np.concatenate(values))
   return dict(loss=mean, loss_se=se, loss_examples=count)
