@@ -47,8 +47,10 @@ import logging
 import pathlib
 import shutil
 import signal
+import sys
 import threading
 import time
+import warnings
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -63,6 +65,50 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+# Checkpoint directories whose restore failed in this process (see _quiet_abandoned_reads).
+_FAILED_RESTORES: set[str] = set()
+
+
+class _AbandonedReadErrors(logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" records that name a checkpoint whose restore failed."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("exception was never retrieved" in message and any(p in message for p in _FAILED_RESTORES))
+
+
+def _without_closed_loop_errors(previous):
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.score_jax_abandoned_reads = True
+  return hook
+
+
+def _quiet_abandoned_reads(path) -> None:
+  """Silence the aftermath of a failed restore of ``path``, which is reported once, as a CheckpointCorruptError.
+
+  When one array file is unreadable, orbax raises the first read's error and closes its event loop while the
+  reads of the other arrays are still in flight. As they finish, tensorstore calls back into the closed loop
+  (an unraisable ``RuntimeError: Event loop is closed`` each) and asyncio logs every failed one with its full
+  traceback when it is garbage-collected: pages of tracebacks, long after ``--mode eval`` or a resume handled
+  the corrupt checkpoint. From the first failed restore on, the asyncio records naming a failed checkpoint and
+  the unraisable "Event loop is closed" errors are dropped, and the warning of orbax's metadata-read
+  coroutine that never ran; every other error is still reported.
+  """
+  _FAILED_RESTORES.add(str(path))
+  asyncio_log = logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReadErrors) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_AbandonedReadErrors())
+  if not getattr(sys.unraisablehook, "score_jax_abandoned_reads", False):
+    sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
+  # and the abandoned reads' coroutines that never ran (orbax's array-metadata reads)
+  warnings.filterwarnings("ignore", message=r"coroutine '[\w.]*_get_array_metadatas' was never awaited",
+                          category=RuntimeWarning)
 
 SUBDIR = "checkpoints"
 STATE_ITEM = "state"
@@ -422,6 +468,7 @@ class Checkpointer:
         raise ValueError(f"checkpoint {path} holds a state tree that differs from this config's (an optim.* change "
                          f"such as grad_clip or weight_decay changes the optimizer state): {str(e)[:300]}. Resume "
                          "with the config it was written with, or use a new workdir. Nothing was overwritten.") from e
+      _quiet_abandoned_reads(path)
       raise CheckpointCorruptError(f"{path}: unreadable arrays ({type(e).__name__}: {str(e)[:300]})") from e
     got = jax.tree.map(lambda x: (np.shape(x), np.dtype(x.dtype)), state)
     want = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), abstract)
