@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from score_jax import builders, conditional, fileio, randomness, validation
+from score_jax import progress as progress_lib
 from score_jax.pipeline import experiment, store
 from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
@@ -136,9 +137,10 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
       reused += 1
     else:
       if sample_fn is None:
-        sample_fn = experiment.make_sample_fn(exp, chunk)
+        sample_fn = experiment.make_sample_fn(exp, chunk, count_progress=progress)
       with experiment.compiling(f"the {config.sampling.method} sampler (chunks of {chunk})",
-                                enabled=written == 0):
+                                enabled=written == 0), \
+          progress_lib.bar(f"samples {start}-{start + count - 1}", total=nfe, enabled=progress):
         x, nfe_chunk = sample_fn(params, key, start)
         x = np.asarray(x)
       check_finite(np.asarray(x)[:count], start, config)

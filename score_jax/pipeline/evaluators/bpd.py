@@ -7,6 +7,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from score_jax import conditional, datasets, likelihood, randomness
+from score_jax import progress as progress_lib
 from score_jax.pipeline import experiment
 from score_jax.pipeline.evaluators import common
 from score_jax.pipeline.experiment import Experiment
@@ -33,6 +34,8 @@ def run(exp: Experiment, params, split: str, *, progress: bool = True) -> dict:
   @jax.jit
   def bpd_fn(params, x, labels, key):
     score = experiment.score_fn(exp, params, labels) if given_class else experiment.score_fn(exp, params)
+    if progress:  # each evaluation of the ODE's drift (score and its divergence probe) advances the inner bar
+      score = progress_lib.count_calls(score)
     bpd, _, nfe = likelihood.bits_per_dim(key, exp.sde, score, x, **kwargs)
     return bpd, nfe
 
@@ -49,7 +52,8 @@ def run(exp: Experiment, params, split: str, *, progress: bool = True) -> dict:
     for index in range(n_batches):
       batch = pass_ds.eval_batch(index)
       key = jax.random.fold_in(jax.random.fold_in(exp.key(randomness.BPD), r), index)
-      with experiment.compiling(f"bits/dim (batch {len(batch['image'])})", enabled=not values):
+      with experiment.compiling(f"bits/dim (batch {len(batch['image'])})", enabled=not values), \
+          progress_lib.bar(f"bits/dim batch {index}", enabled=progress, unit="eval"):
         labels = model_inputs(exp, batch)[1] if given_class else None
         bpd, nfe = bpd_fn(params, batch["image"], labels, key)
         bpd = np.asarray(bpd)
