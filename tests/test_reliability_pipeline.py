@@ -137,7 +137,7 @@ def test_a_non_finite_chunk_is_not_written(trained, tmp_path, monkeypatch):
   """The chunk loop itself, without compiling a sampler: the second chunk comes out NaN."""
   workdir = _copy(trained, tmp_path)
 
-  def make_sample_fn(exp, batch_size):
+  def make_sample_fn(exp, batch_size, count_progress=False):
     def fn(params, key, offset):
       value = np.nan if offset >= batch_size else 0.0
       return np.full((batch_size,) + exp.image_shape, value, np.float32), 1
@@ -148,6 +148,25 @@ def test_a_non_finite_chunk_is_not_written(trained, tmp_path, monkeypatch):
   with pytest.raises(FloatingPointError, match="4 of the 4 samples of the chunk starting at sample 4 are not finite"):
     pipeline.sample(config, workdir, num_samples=12, progress=False)
   assert sorted(p.name for p in workdir.glob("samples/*/samples_*.npz")) == ["samples_0000000.npz"]
+
+
+def test_non_finite_snapshot_samples_are_reported_not_silent(trained, tmp_path, caplog):
+  """A periodic snapshot (training goes on) whose samples are partly NaN: a warning naming the step and the
+  sampler settings, and ``snapshot_nonfinite`` in train_log.jsonl; the grid is still written."""
+  exp = pipeline.setup(tiny_config(trained["data"], **RUN))
+  training_lib = importlib.import_module("score_jax.pipeline.training")
+
+  def sample_fn(params, key, offset):
+    x = np.zeros((4,) + exp.image_shape, np.float32)
+    x[1:3] = np.nan
+    return x, 1
+
+  with MetricWriter(tmp_path) as writer, caplog.at_level(logging.WARNING, logger="score_jax"):
+    training_lib._write_snapshot(exp, sample_fn, None, tmp_path, 7, writer)
+  assert "step 7: 2 of the 4 snapshot samples are not finite" in caplog.text and "method=pc" in caplog.text
+  records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+  assert records == [dict(step=7, time=records[0]["time"], snapshot_nonfinite=2.0)]
+  assert (tmp_path / "snapshots" / "step_7" / "grid.png").exists()
 
 
 @pytest.mark.slow  # 30-45 s: the launcher in a subprocess compiles the PC sampler with its corrector

@@ -247,8 +247,10 @@ def sampling_score_fn(exp: Experiment, params, key, batch_size: int, offset):
 
 
 def to_uint8(exp: Experiment, x) -> np.ndarray:
-  """Samples in the model's data range as uint8 images ``[B, H, W, C]`` (the data's inverse scaling)."""
-  x = datasets.inverse_scale(np.asarray(x, np.float32), bool(exp.config.data.centered))
+  """Samples in the model's data range as uint8 images ``[B, H, W, C]`` (the data's inverse scaling; values that
+  are not finite become 0, which the callers report: sampling refuses such chunks, snapshots warn)."""
+  x = np.asarray(x, np.float32)
+  x = datasets.inverse_scale(np.where(np.isfinite(x), x, 0.0), bool(exp.config.data.centered))
   return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from score_jax import checkpoints, classifier, conditional, datasets, fileio, parallel, randomness, train
+from score_jax import builders, checkpoints, classifier, conditional, datasets, fileio, parallel, randomness, train
 from score_jax.pipeline import experiment
 from score_jax.pipeline import workdir as workdir_lib
 from score_jax.pipeline.experiment import Experiment
@@ -293,9 +293,18 @@ def _eval_batch_loss(exp: Experiment, eval_loss_fn, params, eval_ds: datasets.Da
 def _write_snapshot(exp: Experiment, sample_fn, params, workdir: pathlib.Path, step: int,
                     writer: MetricWriter) -> None:
   x, _ = sample_fn(params, jax.random.fold_in(exp.key(randomness.SNAPSHOT), step), 0)
+  x = np.asarray(x)
+  finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
   images = experiment.to_uint8(exp, x)
+  if not finite.all():  # a diagnostic grid: training goes on, but the grid is not silently black or saturated
+    settings = ", ".join(f"{k}={v}" for k, v in builders.sampler_settings(exp.config).items())
+    log.warning("step %d: %d of the %d snapshot samples are not finite (NaN or inf) with sampling settings %s; "
+                "their images in the grid are meaningless (see snapshot_nonfinite in train_log.jsonl). Check the "
+                "sampler settings, or the model if the loss is rising.", step, int((~finite).sum()), len(x), settings)
   if not writer.enabled:
     return
+  if not finite.all():
+    writer.scalars(step, {"snapshot_nonfinite": float((~finite).sum())})
   out = workdir / "snapshots" / f"step_{step}"
   out.mkdir(parents=True, exist_ok=True)
   grid = fileio.image_grid(images[:experiment.GRID_MAX])
