@@ -189,3 +189,35 @@ def test_gpu_session_smoke_stage_records_both_implementations(tmp_path):
   else:
     assert "smoke_torch" not in by_name and "no score_sde_pytorch checkout" in proc.stdout
   assert "jax" in (out / "machine.txt").read_text()
+
+
+# ---- scripts/compare_training.py (issue 17): score_jax and the original trained side by side ----------------------
+
+@pytest.mark.slow  # ~2 min: both trainings, then bits/dim of both EMA models through --mode eval
+def test_compare_training_runs_both_from_the_same_weights_at_toy_size(tmp_path):
+  pytest.importorskip("torch")
+  original = os.environ.get("SCORE_SDE_PYTORCH")
+  if not original or not pathlib.Path(original, "losses.py").is_file():
+    pytest.skip("set SCORE_SDE_PYTORCH to a checkout of yang-song/score_sde_pytorch")
+  from helpers import tiny_data
+
+  data = tiny_data(tmp_path / "data.npz", n=32)
+  out = tmp_path / "compare"
+  tiny = ["--config.data.image_size=8", "--config.model.nf=8", "--config.model.ch_mult=(1,2)",
+          "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=(4,)", "--config.eval.batch_size=4",
+          "--config.sampling.ode_rtol=1e-3", "--config.sampling.ode_atol=1e-3"]
+  proc = subprocess.run([sys.executable, str(SCRIPTS / "compare_training.py"), "--original", original, "--config",
+                         "configs/vp/cifar10_ddpmpp_continuous.py", "--data", str(data), "--out", str(out),
+                         "--steps", "3", "--batch", "4", "--seeds", "0", "--samples", "4", "--bpd_examples", "4",
+                         "--threads", "1", *tiny], cwd=SCRIPTS.parent, capture_output=True, text=True, timeout=900,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [1, 2, 3]
+  # the same initial weights and batch: the first losses differ only by the two implementations' own draws
+  assert all(0.3 < r["score_jax"] / r["original"] < 3 for r in records), records
+  for name in ("score_jax_ema", "original_ema", "loss_curves.png", "results.md", "results.json"):
+    assert (out / name).exists(), name
+  table = json.loads(proc.stdout.strip().splitlines()[-1])["table"]
+  assert set(table["bpd"]) >= {"score_jax", "original", "difference"}
+  assert all(0 < table["bpd"][k]["mean"] < 30 for k in ("score_jax", "original"))
