@@ -123,7 +123,8 @@ def shard_batch(xs, mode: str = "jit", mesh: Mesh | None = None, axis: int = _BA
 
 
 def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callable, mode: str | None = None, *,
-                             mesh: Mesh | None = None, donate: bool = True) -> Callable:
+                             mesh: Mesh | None = None, donate: bool = True,
+                             unroll: bool | int | None = None) -> Callable:
   """``step_fn`` fused over ``n`` steps and run data-parallel: ``pstep(state, xs [n, B, ...], key)``.
 
   Args:
@@ -134,6 +135,8 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
     mode: 'jit' or 'pmap'.
     mesh: the devices for 'jit' (default :func:`make_mesh`); 'pmap' uses the local devices.
     donate: let XLA reuse the input state's memory (do not use that state after the call).
+    unroll: the fused steps' ``lax.scan`` unrolling (:func:`score_jax.train.make_fused_train_step`; default:
+      unrolled on the CPU backend, rolled elsewhere).
 
   Returns:
     ``pstep(state, xs, key) -> (state, metrics)``; its attribute ``compiled_fn`` is the ``jax.jit`` /
@@ -159,7 +162,7 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, step_fn: Callabl
     raise ValueError(f"training.batch_size {config.training.batch_size} over {n_devices} device(s) gives "
                      f"{config.training.batch_size // n_devices} rows per device, which do not split into "
                      f"training.grad_accum_steps={n_micro} micro-batches; use a multiple of {n_devices * n_micro}.")
-  fused = train.make_fused_train_step(step_fn)
+  fused = train.make_fused_train_step(step_fn, unroll=unroll)
   donate_argnums = (0,) if donate else ()
 
   if mode == "pmap":

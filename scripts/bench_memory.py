@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--sample_batch", type=_positive_int, default=None, help="sampler batch (default: B)")
   parser.add_argument("--inception_batch", type=_positive_int, default=None, help="Inception batch (default: B)")
   parser.add_argument("--parts", type=_parts, default=PARTS, help=f"what to compile (default: {','.join(PARTS)})")
+  parser.add_argument("--scan", choices=("auto", "rolled", "unrolled"), default="auto",
+                      help="the n_jitted_steps loop: auto (unrolled on the CPU, rolled elsewhere, as training) or "
+                           "forced; 'rolled' gives the GPU/TPU program's memory on the CPU backend")
   parser.add_argument("--shrink", action="store_true", help="tiny network of the same family (bench_train.py's)")
   return parser
 
@@ -217,7 +220,10 @@ def _abstract(tree, sharding):
   return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
 
-def train_step_memory(config, mesh, gpu_peak: bool = False) -> dict:
+SCAN_UNROLL = {"auto": None, "rolled": False, "unrolled": True}
+
+
+def train_step_memory(config, mesh, gpu_peak: bool = False, scan: str = "auto") -> dict:
   """Compile the data-parallel train step of ``config`` on abstract arrays; its :func:`memory_of` and more."""
   import jax
   import jax.numpy as jnp
@@ -235,7 +241,7 @@ def train_step_memory(config, mesh, gpu_peak: bool = False) -> dict:
   xs = jax.ShapeDtypeStruct((n, config.training.batch_size, d.image_size, d.image_size, d.num_channels),
                             jnp.float32, sharding=batch_sharding)
   step_fn = train.make_train_step(config, model, sde, optimizer)
-  pstep = parallel.make_parallel_train_step(config, step_fn, "jit", mesh=mesh)
+  pstep = parallel.make_parallel_train_step(config, step_fn, "jit", mesh=mesh, unroll=SCAN_UNROLL[scan])
   args = (_abstract(state, replicated), xs, _abstract(key, replicated))
   compiled, compile_s = _compile(pstep.compiled_fn, *args)
   out = memory_of(compiled)
@@ -315,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"n_jitted_steps {t.get('n_jitted_steps', 1)}", flush=True)
   result = {}
   if "train" in args.parts:
-    result = train_step_memory(config, mesh, gpu_peak=device.platform == "gpu")
+    result = train_step_memory(config, mesh, gpu_peak=device.platform == "gpu", scan=args.scan)
     _report("train step", result, n)
     if result.get("peak_bytes_in_use") is not None:
       print(f"train step run on the GPU: peak_bytes_in_use {_gib(result['peak_bytes_in_use'])}", flush=True)
@@ -331,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       _report(f"inception (batch {args.inception_batch or t.batch_size})", extra["inception"], n)
   line = dict(result, device=f"{device.platform}:{device.device_kind}", n_devices=n, config=args.config,
               batch=t.batch_size, remat=config.model.get("remat", "none"),
-              grad_accum_steps=t.get("grad_accum_steps", 1), n_jitted_steps=t.get("n_jitted_steps", 1),
+              grad_accum_steps=t.get("grad_accum_steps", 1), n_jitted_steps=t.get("n_jitted_steps", 1), scan=args.scan,
               shrink=args.shrink, **{f"{k}_bytes_per_device": v["bytes_per_device"] for k, v in extra.items()},
               **{f"{k}_flops": v["flops"] for k, v in extra.items()})
   print(json.dumps(line), flush=True)
