@@ -119,12 +119,28 @@ def window_means(values: Sequence[float], window: int = WINDOW) -> list[float]:
   return [sum(values[i:i + window]) / len(values[i:i + window]) for i in range(0, len(values), window)]
 
 
+def _z(x: Sequence[float], y: Sequence[float]) -> float:
+  """(mean x - mean y) over its standard error from the per-step spreads (steps taken as independent)."""
+  import statistics
+
+  if min(len(x), len(y)) < 2:
+    return float("nan")
+  se = math.sqrt(statistics.variance(x) / len(x) + statistics.variance(y) / len(y))
+  return (statistics.mean(x) - statistics.mean(y)) / se if se else float("nan")
+
+
 def loss_criterion(ours: Sequence[float], theirs: Sequence[float], window: int = WINDOW) -> dict:
-  """The windows after the first: relative difference of the two means, and whether all are within tolerance."""
+  """The windows after the first: relative difference of the two means, and whether all are within tolerance;
+  with each difference's z-score from the per-step noise, and the means over all steps after the first window
+  (the noise of a window mean at a small batch can exceed the tolerance: read the z-scores beside it)."""
   a, b = window_means(ours, window)[1:], window_means(theirs, window)[1:]
   diffs = [abs(x - y) / (0.5 * (x + y)) for x, y in zip(a, b)]
-  return dict(window=window, score_jax=a, original=b, relative_differences=diffs,
-              max_relative_difference=max(diffs) if diffs else None,
+  z = [_z(ours[i:i + window], theirs[i:i + window]) for i in range(window, len(ours), window)]
+  rest_a, rest_b = list(ours[window:]), list(theirs[window:])
+  overall = (dict(score_jax=sum(rest_a) / len(rest_a), original=sum(rest_b) / len(rest_b), z=_z(rest_a, rest_b))
+             if rest_a and rest_b else None)
+  return dict(window=window, score_jax=a, original=b, relative_differences=diffs, z_scores=z,
+              after_first_window=overall, max_relative_difference=max(diffs) if diffs else None,
               within=bool(diffs) and max(diffs) <= LOSS_TOLERANCE, tolerance=LOSS_TOLERANCE)
 
 

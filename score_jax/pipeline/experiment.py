@@ -221,13 +221,10 @@ def score_fn(exp: Experiment, params, class_labels=None, guidance: float = 1.0):
   """
   variables = {"params": params}
   k = conditional.label_dim(exp.config) if exp.task == "score" else 0
-  if not k:
-    if class_labels is not None:
-      raise ValueError("class_labels given for an unconditional model (model.label_dim=0).")
+  if class_labels is not None and not k:
+    raise ValueError("class_labels given for an unconditional model (model.label_dim=0).")
+  if class_labels is None:  # unconditional, or a conditional model's null class
     return models.get_score_fn(exp.sde, exp.model, variables, train=False, continuous=exp.continuous)
-  if class_labels is None:
-    return models.get_score_fn(exp.sde, exp.model, variables, train=False, continuous=exp.continuous,
-                               class_labels=None)
   return conditional.guided_score_fn(exp.sde, exp.model, variables, class_labels, guidance, k, exp.continuous)
 
 
