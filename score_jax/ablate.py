@@ -244,17 +244,9 @@ def _image_target(config, workdir, checkpoint, feature_fn=None) -> _Target:
   else:
     logging.warning("no FID Inception weights and/or eval.fid_stats: the table has NFE and speed only.")
 
-  def make(cell_config, batch):
-    if cell_config.sampling.method == "ode":  # the prior draws of the other methods (make_cell_sampler)
-      cell_exp = dataclasses.replace(exp, config=cell_config)
-
-      def cell_fn(params, key, offset):
-        scores, calls = pipeline.sampling_score_fn(cell_exp, params, key, batch, offset)
-        x, nfe = make_cell_sampler(cell_config, exp.sde, scores, (batch,) + exp.image_shape)(key, offset)
-        return x, nfe * calls
-      fn = jax.jit(cell_fn)
-    else:
-      fn = pipeline.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch)
+  def make(cell_config, batch):  # every method from the same prior draws (make_cell_sampler)
+    fn = pipeline.make_sample_fn(dataclasses.replace(exp, config=cell_config), batch,
+                                 build_sampler=make_cell_sampler)
     return lambda key, offset: fn(params, key, offset)
 
   return _Target(make, lambda x: pipeline.to_uint8(exp, x), metric_fn, primary, {}, tag, "images")

@@ -98,21 +98,13 @@ def torch_config(args, torch_bench):
   from score_jax import cli
 
   config = torch_bench.load_original_config(pathlib.Path(args.original).resolve(), args.config)
-  cli.apply_overrides(config, [(k, v) for k, v in args.overrides if _has_field(config, k)])
+  keys = set(cli.config_keys(config))  # the original's fields: score_jax-only overrides apply to score_jax alone
+  cli.apply_overrides(config, [(k, v) for k, v in args.overrides if k in keys])
   import torch
 
   config.device = torch.device("cpu")
   config.training.batch_size = args.batch
   return config
-
-
-def _has_field(config, key: str) -> bool:
-  node = config
-  for part in key.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return False
-    node = node[part]
-  return True
 
 
 def window_means(values: Sequence[float], window: int = WINDOW) -> list[float]:

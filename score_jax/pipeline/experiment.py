@@ -251,21 +251,24 @@ def to_uint8(exp: Experiment, x) -> np.ndarray:
   return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def make_sample_fn(exp: Experiment, batch_size: int, count_progress: bool = False):
+def make_sample_fn(exp: Experiment, batch_size: int, count_progress: bool = False, build_sampler=None):
   """``fn(params, key, offset) -> (samples [batch_size, H, W, C] float, nfe)`` with ``sampling.method``, jitted.
 
   Sample ``offset + b`` draws all its noise (and its class, for a class-conditional model with
   ``sampling.class_label=-1``) from ``fold_in(key, offset + b)``. ``nfe`` counts network evaluations (2 per
   score with classifier-free guidance). ``count_progress``: every network evaluation advances the active
-  :func:`score_jax.progress.bar` (one host callback each; the samples are unchanged).
+  :func:`score_jax.progress.bar` (one host callback each; the samples are unchanged). ``build_sampler``:
+  ``(config, sde, score_fn, shape) -> sample(key, offset)``, default :func:`score_jax.builders.build_sampler`
+  (``python -m score_jax.ablate`` passes its own, which gives every method the same prior draws).
   """
+  build_sampler = builders.build_sampler if build_sampler is None else build_sampler
   shape = (batch_size,) + exp.image_shape
 
   def fn(params, key, offset):
     scores, calls = sampling_score_fn(exp, params, key, batch_size, offset)
     if count_progress:
       scores = progress.count_calls(scores, weight=calls)
-    x, nfe = builders.build_sampler(exp.config, exp.sde, scores, shape)(key, offset)
+    x, nfe = build_sampler(exp.config, exp.sde, scores, shape)(key, offset)
     return x, nfe * calls
 
   if exp.n_devices > 1 and batch_size % exp.n_devices == 0 and jax.process_count() == 1:

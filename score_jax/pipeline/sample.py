@@ -28,23 +28,19 @@ def sample_meta(exp: Experiment, tag: str, chunk: int) -> dict:
   return json.loads(json.dumps(meta))  # as it reads back from meta.json (tuples become lists)
 
 
-def _class_suffix(config: ml_collections.ConfigDict) -> str:
-  """``_class<c>_w<w>`` (``_random_w<w>`` for random classes) for a class-conditional model: sweeps over the class
-  and the guidance weight get a sample directory each; empty for unconditional models."""
+def _class_settings(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """``(directory suffix, summary text)`` of a class-conditional model's class and guidance weight, e.g.
+  ``("_class3_w2", " (class 3, guidance w=2)")``, so that sweeps get a sample directory each; empty for
+  unconditional models."""
   g = conditional.guidance_settings(config)
   if not g["label_dim"]:
-    return ""
-  which = "random" if g["class_label"] == conditional.RANDOM_CLASS else f"class{g['class_label']}"
-  return f"_{which}_w{g['guidance']:g}"
-
-
-def _guidance_text(config: ml_collections.ConfigDict) -> str:
-  g = conditional.guidance_settings(config)
-  if not g["label_dim"]:
-    return ""
-  which = "random classes" if g["class_label"] == conditional.RANDOM_CLASS else (
-      "the null class" if g["class_label"] == g["label_dim"] else f"class {g['class_label']}")
-  return f" ({which}, guidance w={g['guidance']:g})"
+    return "", ""
+  c, w = g["class_label"], f"{g['guidance']:g}"
+  if c == conditional.RANDOM_CLASS:
+    slug, text = "random", "random classes"
+  else:
+    slug, text = f"class{c}", ("the null class" if c == g["label_dim"] else f"class {c}")
+  return f"_{slug}_w{w}", f" ({text}, guidance w={w})"
 
 
 def check_finite(x: np.ndarray, start: int, config: ml_collections.ConfigDict) -> None:
@@ -104,7 +100,8 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
   """:func:`sample` with the parameters loaded (``tag`` names their checkpoint)."""
   config = exp.config
   chunk = int(config.eval.batch_size)
-  out = pathlib.Path(workdir) / "samples" / f"{tag}_{config.sampling.method}{_class_suffix(config)}"
+  class_suffix, class_text = _class_settings(config)
+  out = pathlib.Path(workdir) / "samples" / f"{tag}_{config.sampling.method}{class_suffix}"
   meta = sample_meta(exp, tag, chunk)
   meta_path = out / "meta.json"
   if meta_path.exists():
@@ -118,7 +115,7 @@ def draw_samples(exp: Experiment, params, tag: str, workdir, num: int, *, progre
     out.mkdir(parents=True, exist_ok=True)
     fileio.write_json(str(meta_path), meta)
   experiment.announce(experiment.summary_line(
-      exp, "sample", f"{num} samples in chunks of {chunk} with {config.sampling.method}{_guidance_text(config)} | "
+      exp, "sample", f"{num} samples in chunks of {chunk} with {config.sampling.method}{class_text} | "
       f"{out}", batch_size=chunk))
   folder = None
   if feature_fn is not None and is_main:

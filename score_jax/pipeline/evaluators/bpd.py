@@ -33,7 +33,7 @@ def run(exp: Experiment, params, split: str, *, progress: bool = True) -> dict:
 
   @jax.jit
   def bpd_fn(params, x, labels, key):
-    score = experiment.score_fn(exp, params, labels) if given_class else experiment.score_fn(exp, params)
+    score = experiment.score_fn(exp, params, labels)  # labels None: an unconditional model
     if progress:  # each evaluation of the ODE's drift (score and its divergence probe) advances the inner bar
       score = progress_lib.count_calls(score)
     bpd, _, nfe = likelihood.bits_per_dim(key, exp.sde, score, x, **kwargs)
