@@ -6,6 +6,9 @@
   python -m score_jax.eval stats --dataset folder --root ../shared/data/cifar10-jpeg.tar.gz --image_size 32 \
       --weights inception.npz --out cifar10_jpeg_train.npz
 
+  # FID (and KID, with --save_features) between two statistics files, e.g. the train split against the test split
+  python -m score_jax.eval fid cifar10_jpeg_train.npz cifar10_jpeg_test.npz --out train_vs_test.json
+
   # metrics of a --mode sample directory against those statistics
   python -m score_jax.eval metrics --samples runs/ve/samples/step_N_pc --stats cifar10_train.npz \
       --weights inception.npz --out metrics.json
@@ -29,6 +32,7 @@ from typing import Sequence
 from score_jax import cli, datasets, fileio, inception, metrics
 from score_jax.features import (
   FeatureFn,
+  compare_stats,
   compute_stats,
   data_config,
   dataset_features,
@@ -42,17 +46,18 @@ from score_jax.features import (
 from score_jax.pipeline.evaluators.samples import sample_metrics
 
 __all__ = ["FeatureFn", "inception_feature_fn", "feature_tag", "load_reference_stats", "load_reference_features",
-           "features_of", "dataset_features", "compute_stats", "metrics_of_features", "sample_metrics", "main"]
+           "features_of", "dataset_features", "compute_stats", "compare_stats", "metrics_of_features",
+           "sample_metrics", "main"]
 
 
 # ---- command line -----------------------------------------------------------------------------------------
 
 
 def parser() -> cli.ArgumentParser:
-  """``stats`` and ``metrics``, each with ``--help``."""
+  """``stats``, ``fid`` and ``metrics``, each with ``--help``."""
   p = cli.ArgumentParser(prog="python -m score_jax.eval", description=__doc__.split("\n\n")[0], epilog=__doc__,
                          common_flags=False)
-  sub = p.add_subparsers(dest="command", required=True, metavar="{stats,metrics}")
+  sub = p.add_subparsers(dest="command", required=True, metavar="{stats,fid,metrics}")
   s = sub.add_parser("stats", help="FID reference statistics of a dataset split")
   s.add_argument("--dataset", required=True, help="tfds name (CIFAR10, SVHN, CELEBA, LSUN), 'folder' or 'npz'")
   s.add_argument("--root", default="", help="folder / .tar.gz (dataset 'folder') or .npz (dataset 'npz')")
@@ -66,6 +71,9 @@ def parser() -> cli.ArgumentParser:
                       "seeded uniform draw; recorded in the stats file")
   s.add_argument("--seed", type=int, default=0, help="seed of the --limit subset (default: 0)")
   s.add_bool("save_features", False, "Also store pool3 features (for KID) and logits.")
+  f = sub.add_parser("fid", help="FID (and KID) between two statistics files, e.g. train split vs test split")
+  f.add_argument("stats", nargs=2, metavar="STATS", help="two .npz files from eval stats (same --weights and --resize)")
+  f.add_argument("--out", default=None, help="write the result as JSON here")
   m = sub.add_parser("metrics", help="FID / IS / KID of a --mode sample directory")
   m.add_argument("--samples", required=True, help="directory with samples_*.npz chunks")
   m.add_argument("--stats", default=None, help="reference statistics .npz for FID (and KID if it holds pool_3)")
@@ -89,6 +97,14 @@ def parser() -> cli.ArgumentParser:
 
 
 def _main(args) -> None:
+  if args.command == "fid":
+    for path in args.stats:
+      metrics.load_stats(path)  # a missing or unreadable file is one line before any work
+    result = compare_stats(*args.stats)
+    if args.out:
+      fileio.write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return
   if args.batch_size < 1:
     raise ValueError(f"--batch_size must be positive; got {args.batch_size}.")
   if args.command == "stats":

@@ -25,7 +25,7 @@ from score_jax import datasets, fileio, metrics
 
 __all__ = ["FeatureFn", "inception_feature_fn", "feature_tag", "load_reference_stats", "load_reference_features",
            "features_of", "data_config", "subset_indices", "SUBSETS", "dataset_features", "compute_stats",
-           "metrics_of_features", "FID_MIN_SAMPLES"]
+           "metrics_of_features", "stats_metadata", "compare_stats", "FID_MIN_SAMPLES"]
 
 log = logging.getLogger("score_jax")
 
@@ -351,4 +351,63 @@ def metrics_of_features(features: Mapping[str, np.ndarray], *, reference_stats=N
   for warning in warnings:
     log.warning(warning)
   result["warnings"] = warnings
+  return result
+
+
+# What a statistics file records about how it was made (compute_stats writes these keys).
+_STATS_METADATA = ("num_examples", "dataset", "split", "features", "resize", "subset", "subset_seed")
+
+
+def stats_metadata(stats: str) -> dict:
+  """The records of a statistics file beside ``mu`` / ``sigma`` (:func:`compute_stats` writes them; files from
+  elsewhere may have none), as Python values, plus ``has_features`` (whether it holds ``pool_3`` for KID)."""
+  with np.load(stats, allow_pickle=False) as f:
+    out = {key: f[key].item() for key in _STATS_METADATA if key in f.files}
+    out["has_features"] = "pool_3" in f.files
+    if "num_examples" not in out and "pool_3" in f.files:
+      out["num_examples"] = int(f["pool_3"].shape[0])
+  return out
+
+
+def compare_stats(stats1: str, stats2: str) -> dict:
+  """FID between two statistics files (e.g. a train split against a test split), and KID when both hold their
+  pool3 features (``eval stats --save_features``).
+
+  Refused with a ValueError, before any work, when the two record different feature networks (``features``,
+  the weights' hash) or resize conventions: an FID across them measures the preprocessing, not the data. A file
+  that records neither is taken as it is. Below :data:`FID_MIN_SAMPLES` examples in either file the FID comes
+  with a warning, as in :func:`metrics_of_features`.
+
+  Returns:
+    ``fid``, ``kid`` / ``kid_std`` (or None with ``kid_unavailable``), ``stats`` (the two files' records, see
+    :func:`stats_metadata`), ``seconds`` and ``warnings``.
+  """
+  meta = [stats_metadata(stats1), stats_metadata(stats2)]
+  for key, what in (("features", "feature networks (weights)"), ("resize", "resize conventions")):
+    values = [m.get(key) for m in meta]
+    if None not in values and values[0] != values[1]:
+      raise ValueError(f"{stats1!r} and {stats2!r} were computed with different {what}: {values[0]!r} vs "
+                       f"{values[1]!r}; their FID would measure that difference. Compute both with the same "
+                       "--weights and --resize.")
+  t0 = time.time()
+  (mu1, sigma1), (mu2, sigma2) = metrics.load_stats(stats1), metrics.load_stats(stats2)
+  if mu1.shape != mu2.shape:
+    raise ValueError(f"{stats1!r} holds {mu1.shape[0]}-dimensional statistics and {stats2!r} "
+                     f"{mu2.shape[0]}-dimensional ones; they come from different feature networks.")
+  result: dict = dict(fid=metrics.fid(mu1, sigma1, mu2, sigma2))
+  warnings: list[str] = []
+  if meta[0]["has_features"] and meta[1]["has_features"]:
+    result["kid"], result["kid_std"] = metrics.kid(load_reference_features(stats1), load_reference_features(stats2))
+    result["kid_subset_size"] = metrics.KID_SUBSET_SIZE
+  else:
+    result.update(kid=None, kid_std=None,
+                  kid_unavailable="KID needs the pool3 features of both sets (eval stats --save_features)")
+  for path, m in zip((stats1, stats2), meta):
+    n = m.get("num_examples")
+    if n is not None and n < FID_MIN_SAMPLES:
+      warnings.append(f"{path} holds statistics of {n} examples (fewer than {FID_MIN_SAMPLES}): the FID is biased "
+                      "upwards and not comparable with FIDs on 50k.")
+  for warning in warnings:
+    log.warning(warning)
+  result.update(stats={stats1: meta[0], stats2: meta[1]}, seconds=time.time() - t0, warnings=warnings)
   return result

@@ -129,3 +129,55 @@ def test_images_must_be_uint8_rgb():
   with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
     sj_eval.features_of([np.zeros((2, 8, 8, 1), np.uint8)], fake_feature_fn, progress=False)
   json.dumps(features.data_config("npz").to_dict())  # the data config is plain data
+
+
+def _stats_file(path, pool3, **extra):
+  mu, sigma = metrics.feature_statistics(pool3)
+  metrics.save_stats(str(path), mu, sigma, num_examples=np.int64(len(pool3)), pool_3=pool3.astype(np.float32),
+                     **extra)
+  return str(path)
+
+
+def test_fid_between_two_statistics_files_is_the_closed_form_and_refuses_mixed_conventions(tmp_path, capsys):
+  # Oracle: for diagonal covariances FID = |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2.
+  d = 4
+  mu1, mu2 = np.arange(d, dtype=np.float64), np.full(d, 0.5)
+  a, b = np.array([1.0, 2.0, 0.5, 3.0]), np.array([0.25, 2.0, 4.0, 1.0])
+  p1, p2 = tmp_path / "a.npz", tmp_path / "b.npz"
+  metrics.save_stats(str(p1), mu1, np.diag(a), resize=np.str_("tf"), features=np.str_("inception_x"))
+  metrics.save_stats(str(p2), mu2, np.diag(b), resize=np.str_("tf"), features=np.str_("inception_x"))
+  expected = float(np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2))
+  result = features.compare_stats(str(p1), str(p2))
+  assert result["fid"] == pytest.approx(expected, rel=1e-9)
+  assert result["kid"] is None and "save_features" in result["kid_unavailable"]
+  assert result["stats"][str(p1)]["resize"] == "tf"
+  # the command line writes the same as JSON
+  out = tmp_path / "fid.json"
+  assert sj_eval.main(["fid", str(p1), str(p2), "--out", str(out)]) == 0
+  assert json.loads(out.read_text())["fid"] == pytest.approx(expected, rel=1e-9)
+  capsys.readouterr()
+  # different conventions or networks are refused, naming both
+  p3 = tmp_path / "c.npz"
+  metrics.save_stats(str(p3), mu2, np.diag(b), resize=np.str_("pytorch"), features=np.str_("inception_x"))
+  with pytest.raises(ValueError, match="resize conventions: 'tf' vs 'pytorch'"):
+    features.compare_stats(str(p1), str(p3))
+  p4 = tmp_path / "d.npz"
+  metrics.save_stats(str(p4), mu2, np.diag(b), resize=np.str_("tf"), features=np.str_("inception_y"))
+  with pytest.raises(ValueError, match="feature networks"):
+    features.compare_stats(str(p1), str(p4))
+  assert sj_eval.main(["fid", str(p1), str(tmp_path / "missing.npz")]) == 1
+  assert "missing.npz" in capsys.readouterr().err
+
+
+def test_fid_between_statistics_files_gives_kid_of_their_features_and_warns_below_10k(tmp_path):
+  rng = np.random.default_rng(3)
+  x, y = rng.standard_normal((1500, 6)), rng.standard_normal((1200, 6)) + 0.3
+  p1, p2 = _stats_file(tmp_path / "x.npz", x), _stats_file(tmp_path / "y.npz", y)
+  result = features.compare_stats(p1, p2)
+  kid, kid_std = metrics.kid(x.astype(np.float32), y.astype(np.float32))
+  assert result["kid"] == pytest.approx(kid, rel=1e-6) and result["kid_std"] == pytest.approx(kid_std, rel=1e-6)
+  assert result["kid"] > 5 * result["kid_std"] > 0  # a 0.3 shift in every coordinate is plainly detected
+  mx, sx = metrics.feature_statistics(x)
+  my, sy = metrics.feature_statistics(y)
+  assert result["fid"] == pytest.approx(metrics.fid(mx, sx, my, sy), rel=1e-9)
+  assert len(result["warnings"]) == 2 and "1500 examples" in result["warnings"][0]
