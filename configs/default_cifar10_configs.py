@@ -62,6 +62,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.schedule = ""  # fast samplers' time steps: time_uniform, time_quadratic, logsnr, karras; "" = default
   sampling.eta = 0.0  # DDIM's stochasticity (0 = deterministic, 1 = ancestral)
   sampling.rho = 7.0  # exponent of the 'karras' schedule (EDM)
+  # score_jax: ddim / dpm_solver / heun clip each denoised estimate to the data range (DDPM's clip_denoised)
+  sampling.clip_denoised = False
   # EDM's samplers (sampling.method=edm: Algorithm 2; edm_ablation: its generalised sampler; score_jax/edm.py).
   # sampling.N is their num_steps there (0 = EDM's 18); edm_sigma_min/max 0 = EDM's defaults.
   sampling.S_churn = 0.0  # stochasticity (0 = deterministic Heun); gamma_i = min(S_churn / N, sqrt(2) - 1)

@@ -375,6 +375,16 @@ def sampler_settings(config: ml_collections.ConfigDict) -> dict:
                        "deterministic (set sampling.eta=0).")
     out.update(schedule=schedule, eta=eta, rho=_sampler_float(_get(s, "rho", fast_sampling.EDM_RHO),
                                                               "sampling.rho", 0.0, strict=True))
+  clip = _get(s, "clip_denoised", False)
+  if not isinstance(clip, (bool, np.bool_)):
+    raise ValueError(f"sampling.clip_denoised={clip!r}; expected True or False.")
+  if clip and method not in fast_sampling.FAST_SAMPLERS:
+    raise ValueError(f"sampling.clip_denoised=True applies to the fast samplers {list(fast_sampling.FAST_SAMPLERS)}, "
+                     f"not sampling.method={method!r}; set it to False or choose one of those.")
+  if clip and "centered" not in config.get("data", {}):
+    raise ValueError("sampling.clip_denoised=True needs image data with a known range (data.centered); this "
+                     "config has none. Set it to False.")
+  out["clip_denoised"] = (-1.0, 1.0) if clip and config.data.centered else (0.0, 1.0) if clip else None
   return out
 
 
@@ -465,7 +475,7 @@ def build_sampler(config: ml_collections.ConfigDict, sde: sde_lib.SDE, score_fn,
     def sample(key, offset):
       x, nfe = fast_sampling.fast_sample(method, key, sde, score_fn, shape, steps=st["N"], schedule=st["schedule"],
                                          eta=st["eta"], rho=st["rho"], eps=st["eps"], denoise=st["denoise"],
-                                         sample_offset=offset)
+                                         sample_offset=offset, clip_denoised=st["clip_denoised"])
       return x, jnp.asarray(nfe)
   return sample
 

@@ -138,7 +138,8 @@ def _heun_step(D, y, t, t_next, sigma, sigma_next):
 
 def fast_sample(method: str, key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape, *, steps: int,
                 schedule: str | None = None, eta: float = 0.0, rho: float = EDM_RHO, eps: float = 1e-3,
-                denoise: bool = False, sample_offset=0, z: Array | None = None):
+                denoise: bool = False, sample_offset=0, z: Array | None = None,
+                clip_denoised: tuple[float, float] | None = None):
   """Sample with ``method`` (``'ddim'``, ``'dpm_solver'`` or ``'heun'``) in ``steps`` steps from ``T`` to ``eps``.
 
   Args:
@@ -153,6 +154,10 @@ def fast_sample(method: str, key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, sh
     eps: final time; denoise: return the denoiser output at ``eps`` (one more evaluation).
     sample_offset: index of the first example (chunked sampling).
     z: optional standard-normal prior draw ``[B, ...]`` (scaled by ``sde.prior_std()`` here).
+    clip_denoised: ``(low, high)``: clip every denoiser output ``D`` to this range (the data's), as DDPM's
+      sampler clips its ``x_0`` prediction (``clip_denoised``) and DPM-Solver++ thresholds it; None: no clipping
+      (the paper's samplers). Early in training an epsilon-predicting network's error is multiplied by sigma in
+      ``D`` (sigma(T) = 152 for the VP SDE), and the unclipped samples end saturated.
 
   Returns:
     ``(samples [B, ...], nfe)`` with ``nfe`` the number of score evaluations (:func:`fast_nfe`).
@@ -175,6 +180,11 @@ def fast_sample(method: str, key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, sh
   else:
     sampling.check_noise("z (prior draw)", z, shape)
   D = denoiser_fn(sde, score_fn)
+  if clip_denoised is not None:
+    low, high = (float(v) for v in clip_denoised)
+    if not low < high:
+      raise ValueError(f"clip_denoised must be (low, high) with low < high, got {clip_denoised!r}.")
+    D = (lambda denoise: lambda y, t: jnp.clip(denoise(y, t), low, high))(D)
   sigma_of = lambda t: sde.noise_to_signal(t)
   a_T = sde.marginal_one(jnp.ones((), z.dtype), jnp.asarray(sde.T, z.dtype))[0]
   y = z * sde.prior_std() / a_T

@@ -25,7 +25,8 @@ TORCH_FULL_CONFIGS = SHARED / "fixtures" / "score_sde_pytorch" / "full_configs"
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in CONFIG_DIR.rglob("*.py")
                  if p.name != "__init__.py"
-                 and not {"toy", "classifier", "edm"} & set(p.relative_to(CONFIG_DIR).parts))  # edm: test_edm_configs
+                 # edm and cpu have their own tests (test_edm_configs, test_cpu_config)
+                 and not {"toy", "classifier", "edm", "cpu"} & set(p.relative_to(CONFIG_DIR).parts))
 DEFAULTS = [c for c in CONFIGS if pathlib.Path(c).name.startswith("default_")]
 EXPERIMENTS = [c for c in CONFIGS if c not in DEFAULTS]
 
@@ -61,6 +62,7 @@ SCORE_JAX_FIELDS = {
     "sampling.schedule": "",
     "sampling.eta": 0.0,
     "sampling.rho": 7.0,
+    "sampling.clip_denoised": False,
 }
 SCORE_JAX_DERIVED = {"training.loss"}  # checked by test_training_loss_follows_sde_and_continuous
 # EDM's sampler fields (builders.EDM_SAMPLING_DEFAULTS), in the CIFAR-10 default only; other configs get the defaults.

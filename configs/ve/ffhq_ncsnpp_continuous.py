@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.schedule = ""  # fast samplers' time steps: time_uniform, time_quadratic, logsnr, karras; "" = default
   sampling.eta = 0.0  # DDIM's stochasticity (0 = deterministic, 1 = ancestral)
   sampling.rho = 7.0  # exponent of the 'karras' schedule (EDM)
+  # score_jax: ddim / dpm_solver / heun clip each denoised estimate to the data range (DDPM's clip_denoised)
+  sampling.clip_denoised = False
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.batch_size = 1024
