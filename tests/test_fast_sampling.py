@@ -268,7 +268,9 @@ def test_clip_denoised_is_inactive_inside_the_range_and_bounds_every_output(meth
 
 def test_clip_denoised_setting_is_checked_and_follows_the_data_range():
   config = configs_loader.load_config(pathlib.Path(__file__).parents[1] / "configs" / "cpu" / "cifar10_ddpmpp.py")
-  assert config.sampling.clip_denoised is False
+  assert config.sampling.clip_denoised is True  # the CPU recipe needs it (README)
+  config.sampling.clip_denoised = False
+  assert builders.sampler_settings(config)["clip_denoised"] is None
   config.sampling.clip_denoised = True
   assert builders.sampler_settings(config)["clip_denoised"] == (-1.0, 1.0)  # data.centered=True
   config.data.centered = False

@@ -212,8 +212,9 @@ def test_sigkill_at_any_moment_resumes_bit_identically(tmp_path):
 # ---- every config of configs/ builds (dry validation) -------------------------------------------------------
 
 EXPERIMENTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
-                     if p.name != "__init__.py" and not {"toy", "classifier", "edm"} & set(p.parts)
-                     and not p.name.startswith("default_"))  # classifiers: test_classifier.py; edm: test_edm_configs.py
+                     if p.name != "__init__.py" and not {"toy", "classifier", "edm", "cpu"} & set(p.parts)
+                     and not p.name.startswith("default_"))
+# classifiers: test_classifier.py; edm: test_edm_configs.py; cpu: test_cpu_config.py
 
 
 def test_the_experiment_configs_are_all_found():
