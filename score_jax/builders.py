@@ -384,7 +384,9 @@ def sampler_settings(config: ml_collections.ConfigDict) -> dict:
   if clip and "centered" not in config.get("data", {}):
     raise ValueError("sampling.clip_denoised=True needs image data with a known range (data.centered); this "
                      "config has none. Set it to False.")
-  out["clip_denoised"] = (-1.0, 1.0) if clip and config.data.centered else (0.0, 1.0) if clip else None
+  out["clip_denoised"] = None
+  if clip:  # the data range: [-1, 1] when centered, else [0, 1]
+    out["clip_denoised"] = (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
   return out
 
 

@@ -98,9 +98,7 @@ def parser() -> cli.ArgumentParser:
 
 def _main(args) -> None:
   if args.command == "fid":
-    for path in args.stats:
-      metrics.load_stats(path)  # a missing or unreadable file is one line before any work
-    result = compare_stats(*args.stats)
+    result = compare_stats(*args.stats)  # a missing file or mixed conventions fail before any work
     if args.out:
       fileio.write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -184,7 +184,8 @@ def fast_sample(method: str, key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, sh
     low, high = (float(v) for v in clip_denoised)
     if not low < high:
       raise ValueError(f"clip_denoised must be (low, high) with low < high, got {clip_denoised!r}.")
-    D = (lambda denoise: lambda y, t: jnp.clip(denoise(y, t), low, high))(D)
+    unclipped = D
+    D = lambda y, t: jnp.clip(unclipped(y, t), low, high)
   sigma_of = lambda t: sde.noise_to_signal(t)
   a_T = sde.marginal_one(jnp.ones((), z.dtype), jnp.asarray(sde.T, z.dtype))[0]
   y = z * sde.prior_std() / a_T

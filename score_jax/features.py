@@ -93,8 +93,7 @@ def load_reference_stats(stats: str, feature_fn: FeatureFn) -> tuple[np.ndarray,
                      f"{dim}-dimensional pool3 features; compute statistics with the same network (python -m "
                      "score_jax.eval stats --weights ...).")
   resize = getattr(feature_fn, "resize", None)
-  with np.load(stats, allow_pickle=False) as f:
-    stored = str(f["resize"]) if "resize" in f.files else None
+  stored = stats_metadata(stats).get("resize")
   if resize is not None and stored is not None and stored != resize:
     raise ValueError(f"FID statistics {stats!r} were computed with the {stored!r} resize convention, the features "
                      f"now with {resize!r}: the FID between them would mix conventions. Use the same one "
@@ -360,7 +359,10 @@ _STATS_METADATA = ("num_examples", "dataset", "split", "features", "resize", "su
 
 def stats_metadata(stats: str) -> dict:
   """The records of a statistics file beside ``mu`` / ``sigma`` (:func:`compute_stats` writes them; files from
-  elsewhere may have none), as Python values, plus ``has_features`` (whether it holds ``pool_3`` for KID)."""
+  elsewhere may have none), as Python values, plus ``has_features`` (whether it holds ``pool_3`` for KID).
+  Only those small records are read."""
+  if not os.path.isfile(stats):
+    raise FileNotFoundError(f"FID statistics file {stats!r} does not exist.")
   with np.load(stats, allow_pickle=False) as f:
     out = {key: f[key].item() for key in _STATS_METADATA if key in f.files}
     out["has_features"] = "pool_3" in f.files
